@@ -1,0 +1,85 @@
+"""
+# device_parameter_sync
+
+Keeps `iot_data.device_parameters` equal to **which parameters each active device reported in the run's
+window**, writing only what changed, then publishes CloudWatch metrics.
+
+## The window
+`[window_end - lookback, window_end)` where `window_end` is the run's `data_interval_end` (or its
+`run_after` when triggered without a logical date) and lookback is `DEVICE_SYNC_LOOKBACK_MINUTES`.
+The wall clock never chooses the window: `airflow dags test device_parameter_sync T` looks at
+`[T - lookback, T)`.
+
+## Tasks
+1. `discover_active_devices`: creates the target table and the staging schema if missing, then stages
+   the devices with `status IS TRUE` (one row per device id).
+2. `aggregate_recent_measurements`: stages the distinct (device, parameter) pairs measured in the window.
+3. `resolve_parameter_names`: names each pair; pairs with a missing name or an unknown parameter are
+   **skipped and counted** (neither inserted nor deleted).
+4. `compute_delta`: stages the inserts, updates (renames) and deletes.
+5. `apply_changes`: applies them in **one transaction** under an advisory lock that serializes all runs.
+6. `publish_metrics` (teardown, always runs): CloudWatch metrics, `SyncSuccess=0` if a step failed.
+7. `cleanup_staging` (teardown, always runs): drops this run's staging tables.
+
+## When a task fails
+- Retries (exponential backoff) cover transient faults. Errors a retry cannot fix (missing table or
+  column, missing privilege) fail at once: fix the database or the `DEVICE_SYNC_*` configuration, then
+  clear the run from `discover_active_devices`.
+- Nothing is half-applied: `apply_changes` commits all of its changes or none.
+- `publish_metrics` failing means CloudWatch was unreachable; the data change is already committed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import CronTriggerTimetable, chain, dag
+
+from device_sync.config import load_settings
+from device_sync.tasks import (
+    aggregate_recent_measurements,
+    apply_changes,
+    cleanup_staging,
+    compute_delta,
+    discover_active_devices,
+    publish_metrics,
+    resolve_parameter_names,
+)
+
+settings = load_settings()
+
+
+@dag(
+    dag_id="device_parameter_sync",
+    doc_md=__doc__,
+    schedule=CronTriggerTimetable(
+        settings.schedule, timezone="UTC", interval=timedelta(minutes=settings.lookback_minutes)
+    ),
+    start_date=datetime(2024, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["device-sync", "iot", settings.stage],
+    default_args={
+        "owner": "iot-data-platform",
+        "retries": settings.retries,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=10),
+        "execution_timeout": timedelta(minutes=settings.task_timeout_minutes),
+    },
+)
+def device_parameter_sync() -> None:
+    steps = [
+        discover_active_devices(),
+        aggregate_recent_measurements(),
+        resolve_parameter_names(),
+        compute_delta(),
+        apply_changes(),
+    ]
+    chain(*steps, publish_metrics(), cleanup_staging())
+
+
+device_parameter_sync_dag = device_parameter_sync()
+
+if __name__ == "__main__":
+    device_parameter_sync_dag.test()

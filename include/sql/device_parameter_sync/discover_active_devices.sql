@@ -1,0 +1,12 @@
+-- Active devices: one row per device id (as text, compared exactly: no trimming, no case folding).
+-- A device is active when one of its rows has status TRUE; NULL status counts as inactive.
+-- Duplicate rows of one device resolve deterministically: a usable name first, then the smallest name.
+CREATE UNLOGGED TABLE {active_devices} AS
+SELECT DISTINCT ON (device_id::text)
+       device_id::text AS device_id,
+       device_name,
+       (device_name IS NULL OR btrim(device_name) = '') AS name_missing
+FROM iot_data.redshift_devices
+WHERE status IS TRUE
+  AND device_id IS NOT NULL
+ORDER BY device_id::text, (device_name IS NULL OR btrim(device_name) = ''), device_name;

@@ -1,0 +1,9 @@
+-- Counts for the run summary: active devices and the device rows that were skipped, by reason.
+SELECT
+    (SELECT count(*) FROM {active_devices}) AS active_devices,
+    (SELECT count(*) FROM {active_devices} WHERE name_missing) AS device_name_missing,
+    count(*) FILTER (WHERE device_id IS NULL) AS device_id_null,
+    count(*) FILTER (WHERE status IS NULL AND device_id IS NOT NULL) AS device_status_null,
+    count(*) FILTER (WHERE status IS TRUE AND device_id IS NOT NULL)
+        - (SELECT count(*) FROM {active_devices}) AS device_duplicate_rows
+FROM iot_data.redshift_devices;

@@ -1,0 +1,26 @@
+-- Names every observed pair. A pair that cannot be named is kept with a skip_reason: it is neither
+-- inserted nor deleted (bad source data must not delete a row that is still being reported).
+-- Duplicate parameter rows resolve deterministically: a usable name first, then the smallest name.
+CREATE UNLOGGED TABLE {resolved_pairs} AS
+WITH parameters AS (
+    SELECT DISTINCT ON (parameter_id::text)
+           parameter_id::text AS parameter_id,
+           parameter_name
+    FROM iot_data.timescale_parameters
+    WHERE parameter_id IS NOT NULL
+    ORDER BY parameter_id::text, (parameter_name IS NULL OR btrim(parameter_name) = ''), parameter_name
+)
+SELECT observed.device_id,
+       observed.parameter_id,
+       devices.device_name,
+       parameters.parameter_name,
+       CASE
+           WHEN devices.name_missing THEN 'device_name_missing'
+           WHEN parameters.parameter_id IS NULL THEN 'parameter_unknown'
+           WHEN parameters.parameter_name IS NULL OR btrim(parameters.parameter_name) = ''
+               THEN 'parameter_name_missing'
+       END AS skip_reason
+FROM {observed_pairs} AS observed
+JOIN {active_devices} AS devices ON devices.device_id = observed.device_id
+LEFT JOIN parameters ON parameters.parameter_id = observed.parameter_id
+WHERE observed.parameter_id IS NOT NULL;

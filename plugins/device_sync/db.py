@@ -1,0 +1,67 @@
+"""The one database helper: connections, transactions and the SQL files of ``include/sql``.
+
+Every statement runs inside a transaction that sets its own ``statement_timeout`` with ``SET LOCAL``
+semantics, so nothing depends on session state (safe behind PgBouncer in transaction pooling mode).
+SQL text comes from files; identifiers are composed with :mod:`psycopg.sql` and values are always bound
+parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "include" / "sql"
+
+
+@cache
+def load_sql(name: str) -> str:
+    """Return the text of ``include/sql/<name>`` (found relative to this package, not the cwd)."""
+    return (SQL_DIR / name).read_text(encoding="utf-8")
+
+
+def compose(name: str, identifiers: Mapping[str, sql.Composable]) -> sql.Composed:
+    """The SQL file ``name`` with its ``{placeholders}`` replaced by quoted identifiers."""
+    return sql.SQL(load_sql(name)).format(**identifiers)  # type: ignore[arg-type]
+
+
+def connect(conn_id: str) -> psycopg.Connection[Any]:
+    """Open a psycopg 3 connection from the Airflow connection ``conn_id``."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    conn = PostgresHook(postgres_conn_id=conn_id).get_conn()
+    if not isinstance(conn, psycopg.Connection):
+        raise RuntimeError("device-sync needs psycopg 3 (install psycopg[binary] beside the postgres provider)")
+    return conn
+
+
+@contextmanager
+def transaction(conn: psycopg.Connection[Any], statement_timeout_seconds: int) -> Iterator[psycopg.Cursor[Any]]:
+    """One transaction with a transaction-scoped statement timeout; commits on success, rolls back on error."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            "SELECT set_config('statement_timeout', %s, true)",
+            (f"{int(statement_timeout_seconds * 1000)}ms",),
+        )
+        yield cur
+
+
+def run(cur: psycopg.Cursor[Any], statement: sql.Composable | str, params: Mapping[str, Any] | None = None) -> int:
+    """Execute one statement; return its row count."""
+    cur.execute(statement, params)  # type: ignore[arg-type]
+    return cur.rowcount
+
+
+def fetch_one_dict(cur: psycopg.Cursor[Any], statement: sql.Composable | str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Execute a statement that returns exactly one row; return it as a dict of column name to value."""
+    cur.execute(statement, params)  # type: ignore[arg-type]
+    row = cur.fetchone()
+    if row is None or cur.description is None:
+        raise RuntimeError("expected one row, got none")
+    return {column.name: value for column, value in zip(cur.description, row, strict=True)}
