@@ -33,18 +33,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import CronTriggerTimetable, chain, dag
-
+from airflow.sdk import CronTriggerTimetable, chain, dag, task, teardown
+from device_sync import tasks
 from device_sync.config import load_settings
-from device_sync.tasks import (
-    aggregate_recent_measurements,
-    apply_changes,
-    cleanup_staging,
-    compute_delta,
-    discover_active_devices,
-    publish_metrics,
-    resolve_parameter_names,
-)
 
 settings = load_settings()
 
@@ -69,14 +60,16 @@ settings = load_settings()
     },
 )
 def device_parameter_sync() -> None:
-    steps = [
-        discover_active_devices(),
-        aggregate_recent_measurements(),
-        resolve_parameter_names(),
-        compute_delta(),
-        apply_changes(),
-    ]
-    chain(*steps, publish_metrics(), cleanup_staging())
+    chain(
+        task(tasks.discover_active_devices)(),
+        task(tasks.aggregate_recent_measurements)(),
+        task(tasks.resolve_parameter_names)(),
+        task(tasks.compute_delta)(),
+        task(tasks.apply_changes)(),
+        # Teardowns always run; a failed publish_metrics still fails the run.
+        teardown(tasks.publish_metrics, on_failure_fail_dagrun=True)(),
+        teardown(tasks.cleanup_staging)(),
+    )
 
 
 device_parameter_sync_dag = device_parameter_sync()

@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     lookback_minutes: int = Field(
         1440, ge=1, le=60 * 24 * 31, description="Length of the window that ends at the run's data_interval_end."
     )
-    postgres_conn_id: str = Field("device_sync_postgres", min_length=1, description="Airflow connection of the IoT database.")
+    postgres_conn_id: str = Field(
+        "device_sync_postgres", min_length=1, description="Airflow connection of the IoT database."
+    )
     aws_conn_id: str = Field("aws_default", min_length=1, description="Airflow connection used for CloudWatch.")
     measurements_table: str = Field("iot_data.measurements", description="Schema-qualified measurements table.")
     measurements_time_column: str = Field("time", description="Timestamp column of the measurements table.")

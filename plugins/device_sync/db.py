@@ -58,7 +58,9 @@ def run(cur: psycopg.Cursor[Any], statement: sql.Composable | str, params: Mappi
     return cur.rowcount
 
 
-def fetch_one_dict(cur: psycopg.Cursor[Any], statement: sql.Composable | str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def fetch_one_dict(
+    cur: psycopg.Cursor[Any], statement: sql.Composable | str, params: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Execute a statement that returns exactly one row; return it as a dict of column name to value."""
     cur.execute(statement, params)  # type: ignore[arg-type]
     row = cur.fetchone()

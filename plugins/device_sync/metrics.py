@@ -60,6 +60,29 @@ def publish(summary: Mapping[str, Any], *, aws_conn_id: str, namespace: str, sta
             for datum in data
         ],
     )
-    log.info("Published %d metrics to CloudWatch namespace %s: %s", len(data), namespace,
-             ", ".join(f"{d.name}={d.value:g}" for d in data))
+    log.info(
+        "Published %d metrics to CloudWatch namespace %s: %s",
+        len(data),
+        namespace,
+        ", ".join(f"{d.name}={d.value:g}" for d in data),
+    )
     return data
+
+
+def read_back(client: Any, *, namespace: str, stage: str, since: datetime, until: datetime) -> dict[str, float]:
+    """Sum of each device-sync metric of ``stage`` between two times (for the demo and the tests)."""
+    sums: dict[str, float] = {}
+    for name in METRICS:
+        response = client.get_metric_statistics(
+            Namespace=namespace,
+            MetricName=name,
+            Dimensions=[{"Name": "Stage", "Value": stage}],
+            StartTime=since,
+            EndTime=until,
+            Period=60,
+            Statistics=["Sum"],
+        )
+        points = response.get("Datapoints", [])
+        if points:
+            sums[name] = float(sum(point["Sum"] for point in points))
+    return sums

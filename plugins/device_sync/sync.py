@@ -72,7 +72,13 @@ class StagingTables:
         }
 
 
-def _rebuild(cur: psycopg.Cursor[Any], step: str, staging: StagingTables, settings: Settings, params: dict[str, Any] | None = None) -> None:
+def _rebuild(
+    cur: psycopg.Cursor[Any],
+    step: str,
+    staging: StagingTables,
+    settings: Settings,
+    params: dict[str, Any] | None = None,
+) -> None:
     """Drop and re-create the staging table of ``step`` from its SQL file (idempotent on retry)."""
     identifiers = staging.identifiers(settings)
     db.run(cur, sql.SQL("DROP TABLE IF EXISTS {}").format(staging.table(step)))
@@ -101,7 +107,9 @@ def ensure_schema(conn: psycopg.Connection[Any], settings: Settings) -> None:
         db.run(cur, db.compose(f"{SQL}ensure_schema.sql", {"staging_schema": sql.Identifier(settings.staging_schema)}))
 
 
-def discover_active_devices(conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables) -> dict[str, int]:
+def discover_active_devices(
+    conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables
+) -> dict[str, int]:
     """Stage the active devices (``status IS TRUE``), one row per device id; count skipped device rows."""
     ensure_schema(conn, settings)
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
@@ -109,14 +117,18 @@ def discover_active_devices(conn: psycopg.Connection[Any], settings: Settings, s
         return _summary(cur, "discover_active_devices", staging, settings)
 
 
-def aggregate_recent_measurements(conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables, window: Window) -> dict[str, int]:
+def aggregate_recent_measurements(
+    conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables, window: Window
+) -> dict[str, int]:
     """Stage the distinct (device, parameter) pairs that active devices reported in the window."""
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
         _rebuild(cur, "observed_pairs", staging, settings, window.as_params())
         return _summary(cur, "aggregate_recent_measurements", staging, settings)
 
 
-def resolve_parameter_names(conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables) -> dict[str, int]:
+def resolve_parameter_names(
+    conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables
+) -> dict[str, int]:
     """Name every observed pair; pairs that cannot be named are kept as skipped, with a reason."""
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
         _rebuild(cur, "resolved_pairs", staging, settings)
@@ -169,7 +181,9 @@ def skipped_total(*summaries: dict[str, int]) -> int:
     return sum(summary.get(reason, 0) for summary in summaries for reason in reasons)
 
 
-def sync_once(conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables, window: Window) -> dict[str, Any]:
+def sync_once(
+    conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables, window: Window
+) -> dict[str, Any]:
     """All steps in order, as the DAG runs them; for tests, the demo and the benchmark."""
     try:
         devices = discover_active_devices(conn, settings, staging)

@@ -1,19 +1,21 @@
-"""The Airflow tasks of ``device_parameter_sync``: thin glue from a run's context to :mod:`device_sync.sync`.
+"""The callables of ``device_parameter_sync``'s tasks: thin glue from a run's context to :mod:`device_sync.sync`.
 
-Each task opens its own connection, works on this run's staging tables and returns a small summary
-(counts) as its XCom, so it runs on any executor and a retry repeats it safely.
+The DAG file turns them into tasks (``task(...)``, ``teardown(...)``) at every parse, so Airflow's decorators
+never share state between two parses in one process. Each task opens its own connection, works on this run's
+staging tables and returns a small summary (counts) as its XCom, so it runs on any executor and a retry
+repeats it safely.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import psycopg
-from airflow.sdk import task, teardown
 from airflow.sdk.exceptions import AirflowFailException
 
 from device_sync import metrics, sync
@@ -43,7 +45,7 @@ PERMANENT_ERRORS = (
 
 def window_end_of(dag_run: Any) -> datetime:
     """The run's window end: its data_interval_end, or run_after for a run triggered without a logical date."""
-    end = dag_run.data_interval_end or dag_run.run_after
+    end: datetime | None = dag_run.data_interval_end or dag_run.run_after
     if end is None:
         raise AirflowFailException("the DAG run has neither data_interval_end nor run_after")
     return end
@@ -66,27 +68,29 @@ def connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
     try:
         yield conn
     except PERMANENT_ERRORS as error:
-        raise AirflowFailException(f"{type(error).__name__}: {error} (not retried: fix the database or the configuration)") from error
+        raise AirflowFailException(
+            f"{type(error).__name__}: {error} (not retried: fix the database or the configuration)"
+        ) from error
     finally:
         conn.close()
 
 
-def _step(name: str, dag_run: Any, **kwargs: Any) -> dict[str, int]:
+def _step(name: str, dag_run: Any, **kwargs: Any) -> dict[str, Any]:
     settings = load_settings()
     staging = staging_of(dag_run, settings)
+    started = time.monotonic()
     with connection(settings) as conn:
-        summary: dict[str, int] = getattr(sync, name)(conn, settings, staging, **kwargs)
+        summary: dict[str, Any] = getattr(sync, name)(conn, settings, staging, **kwargs)
+    summary[f"{name}_seconds"] = round(time.monotonic() - started, 3)
     log.info("%s: %s", name, summary)
     return summary
 
 
-@task
-def discover_active_devices(**context: Any) -> dict[str, int]:
+def discover_active_devices(**context: Any) -> dict[str, Any]:
     """Stage the active devices (status IS TRUE) of iot_data.redshift_devices; count skipped device rows."""
     return _step("discover_active_devices", context["dag_run"])
 
 
-@task
 def aggregate_recent_measurements(**context: Any) -> dict[str, Any]:
     """Stage the distinct (device, parameter) pairs active devices reported in the run's window."""
     window = run_window(context["dag_run"], load_settings())
@@ -95,20 +99,17 @@ def aggregate_recent_measurements(**context: Any) -> dict[str, Any]:
     return {**summary, "window_start": window.start.isoformat(), "window_end": window.end.isoformat()}
 
 
-@task
-def resolve_parameter_names(**context: Any) -> dict[str, int]:
+def resolve_parameter_names(**context: Any) -> dict[str, Any]:
     """Name the observed pairs from the device and parameter tables; unnameable pairs are skipped, counted."""
     return _step("resolve_parameter_names", context["dag_run"])
 
 
-@task
-def compute_delta(**context: Any) -> dict[str, int]:
+def compute_delta(**context: Any) -> dict[str, Any]:
     """Stage the inserts, updates and deletes that would bring iot_data.device_parameters up to date."""
     return _step("compute_delta", context["dag_run"])
 
 
-@task
-def apply_changes(**context: Any) -> dict[str, int]:
+def apply_changes(**context: Any) -> dict[str, Any]:
     """Apply the delta in one transaction under the writers' lock; unchanged rows are not written."""
     return _step("apply_changes", context["dag_run"])
 
@@ -122,22 +123,22 @@ def run_summary(ti: Any, dag_run: Any) -> dict[str, Any]:
     summary["success"] = 1 if step_summaries["apply_changes"] else 0
     if step_summaries["resolve_parameter_names"]:
         summary["skipped"] = sync.skipped_total(*step_summaries.values())
-    if dag_run.start_date is not None:
-        summary["duration_seconds"] = (datetime.now(UTC) - dag_run.start_date).total_seconds()
+    # Time spent in the steps themselves, not in queues between them (comparable across executors).
+    summary["duration_seconds"] = round(sum(summary.get(f"{task_id}_seconds", 0.0) for task_id in STEP_TASK_IDS), 3)
     return summary
 
 
-@teardown(on_failure_fail_dagrun=True)
 def publish_metrics(**context: Any) -> dict[str, Any]:
     """Publish the run's CloudWatch metrics; SyncSuccess=0 when a step failed (the run stays failed)."""
     settings = load_settings()
     summary = run_summary(context["ti"], context["dag_run"])
     log.info("Run summary: %s", summary)
-    metrics.publish(summary, aws_conn_id=settings.aws_conn_id, namespace=settings.cloudwatch_namespace, stage=settings.stage)
+    metrics.publish(
+        summary, aws_conn_id=settings.aws_conn_id, namespace=settings.cloudwatch_namespace, stage=settings.stage
+    )
     return summary
 
 
-@teardown
 def cleanup_staging(**context: Any) -> None:
     """Drop this run's staging tables, whatever happened before."""
     settings = load_settings()

@@ -1,0 +1,134 @@
+"""Shared fixtures: a real PostgreSQL database per test session, a real Airflow, a real moto server.
+
+The suite never skips database tests: if PostgreSQL is unreachable it stops at once with a message
+saying how to get it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ADMIN_URL = os.environ.get("DEVICE_SYNC_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+# Airflow reads its configuration when first imported: point it at a throwaway home before any test
+# module imports it. The metadata database is SQLite inside that home (dag.test() runs in-process).
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="device-sync-airflow-")
+os.environ.update(
+    {
+        "AIRFLOW_HOME": _AIRFLOW_HOME,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    }
+)
+for _name in list(os.environ):
+    if _name.startswith("DEVICE_SYNC_") and _name != "DEVICE_SYNC_TEST_ADMIN_URL":
+        del os.environ[_name]
+sys.path.insert(0, str(REPO / "plugins"))
+
+HOW_TO_GET_POSTGRES = (
+    "PostgreSQL is required for the device-sync tests and is not reachable at {url} ({error}).\n"
+    "Start the machine's server with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n"
+    "or point DEVICE_SYNC_TEST_ADMIN_URL at a server where you may create databases."
+)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    try:
+        psycopg.connect(ADMIN_URL, connect_timeout=5).close()
+    except psycopg.Error as error:
+        pytest.exit(HOW_TO_GET_POSTGRES.format(url=ADMIN_URL, error=str(error).strip()), returncode=3)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A database of its own for this test session, dropped at the end."""
+    name = f"device_sync_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=name)
+    os.environ["AIRFLOW_CONN_DEVICE_SYNC_POSTGRES"] = psycopg_url_to_airflow_uri(url)
+    yield url
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def psycopg_url_to_airflow_uri(conninfo: str) -> str:
+    """An Airflow connection URI (``postgresql://user:pw@host:port/db``) for a libpq conninfo string."""
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    user = params.get("user", "postgres")
+    password = f":{params['password']}" if params.get("password") else ""
+    return (
+        f"postgresql://{user}{password}@{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{params['dbname']}"
+    )
+
+
+SOURCE_DDL = """
+DROP SCHEMA IF EXISTS iot_data CASCADE;
+DROP SCHEMA IF EXISTS device_sync CASCADE;
+CREATE SCHEMA iot_data;
+CREATE TABLE iot_data.redshift_devices (device_id TEXT, device_name TEXT, status BOOLEAN);
+CREATE TABLE iot_data.timescale_parameters (parameter_id TEXT, parameter_name TEXT);
+CREATE TABLE iot_data.measurements (device_id TEXT, parameter_id TEXT, "time" TIMESTAMPTZ, value DOUBLE PRECISION);
+"""
+
+
+def reset_sources(conn: psycopg.Connection[Any]) -> None:
+    """Empty source tables (text ids) and no target table: every test starts from the same blank state."""
+    with conn.transaction():
+        conn.execute(SOURCE_DDL)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to the session's database, with fresh empty sources."""
+    with psycopg.connect(database_url) as connection:
+        reset_sources(connection)
+        yield connection
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's metadata database, migrated once per session."""
+    from airflow.utils.db import resetdb
+
+    resetdb()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A moto server on a free loopback port; the ``aws_default`` connection points at it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(
+        {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    )
+    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
+        {"conn_type": "aws", "extra": {"region_name": "us-east-1", "endpoint_url": endpoint}}
+    )
+    yield endpoint
+    server.stop()
