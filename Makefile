@@ -1,0 +1,43 @@
+# device-sync: the two quick-start commands and their helpers.
+#   make demo   a real sync of a demo fleet with `airflow dags test` (PostgreSQL + a local moto server)
+#   make test   lint, type-check and the whole test suite against real PostgreSQL and Airflow
+# Both create .venv from the pinned requirements files with uv (bootstrapped into .tools/ if missing).
+
+SHELL := /bin/bash
+PYTHON_VERSION := 3.11
+UV_VERSION := 0.13.8
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+VENV := $(CURDIR)/.venv
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: venv demo test lint lock clean
+
+venv: $(VENV)/.installed
+
+$(CURDIR)/.tools/bin/uv:
+	python3 -m venv $(CURDIR)/.tools
+	$(CURDIR)/.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON_VERSION) $(VENV)
+	$(UV) pip sync --quiet --python $(VENV)/bin/python requirements-dev.txt
+	touch $@
+
+demo: venv
+	$(VENV)/bin/python scripts/demo.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest
+
+# Re-pin every dependency after editing requirements.in / requirements-dev.in.
+lock: | $(UV)
+	$(UV) pip compile --quiet --python-version $(PYTHON_VERSION) requirements.in -o requirements.txt
+	$(UV) pip compile --quiet --python-version $(PYTHON_VERSION) requirements-dev.in -c requirements.txt -o requirements-dev.txt
+
+clean:
+	rm -rf $(VENV) .tools .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis
