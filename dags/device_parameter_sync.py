@@ -18,22 +18,26 @@ The wall clock never chooses the window: `airflow dags test device_parameter_syn
    **skipped and counted** (neither inserted nor deleted).
 4. `compute_delta`: stages the inserts, updates (renames) and deletes.
 5. `apply_changes`: applies them in **one transaction** under an advisory lock that serializes all runs.
-6. `publish_metrics` (teardown, always runs): CloudWatch metrics, `SyncSuccess=0` if a step failed.
+6. `publish_metrics` (always runs): CloudWatch metrics, `SyncSuccess=0` if a step failed.
 7. `cleanup_staging` (teardown, always runs): drops this run's staging tables.
+8. `fail_if_sync_failed` (watcher): fails the run when any step or the publishing failed, so a
+   metrics task that always runs can never turn a failed sync into a green run. It is skipped otherwise.
 
 ## When a task fails
 - Retries (exponential backoff) cover transient faults. Errors a retry cannot fix (missing table or
   column, missing privilege) fail at once: fix the database or the `DEVICE_SYNC_*` configuration, then
   clear the run from `discover_active_devices`.
 - Nothing is half-applied: `apply_changes` commits all of its changes or none.
-- `publish_metrics` failing means CloudWatch was unreachable; the data change is already committed.
+- `publish_metrics` failing means CloudWatch was unreachable; the data change is already committed and
+  the run is marked failed so that someone looks. The next run works as usual.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import CronTriggerTimetable, chain, dag, task, teardown
+from airflow.sdk import CronTriggerTimetable, TriggerRule, chain, dag, task, teardown
+
 from device_sync import tasks
 from device_sync.config import load_settings
 
@@ -60,16 +64,18 @@ settings = load_settings()
     },
 )
 def device_parameter_sync() -> None:
-    chain(
+    steps = [
         task(tasks.discover_active_devices)(),
         task(tasks.aggregate_recent_measurements)(),
         task(tasks.resolve_parameter_names)(),
         task(tasks.compute_delta)(),
         task(tasks.apply_changes)(),
-        # Teardowns always run; a failed publish_metrics still fails the run.
-        teardown(tasks.publish_metrics, on_failure_fail_dagrun=True)(),
-        teardown(tasks.cleanup_staging)(),
-    )
+    ]
+    publish = task(tasks.publish_metrics, trigger_rule=TriggerRule.ALL_DONE)()
+    chain(*steps, publish, teardown(tasks.cleanup_staging)())
+    # publish_metrics always runs, so on its own it would turn a failed sync into a green run;
+    # the watcher fails the run whenever a step or the publishing failed.
+    [*steps, publish] >> task(tasks.fail_if_sync_failed, trigger_rule=TriggerRule.ONE_FAILED, retries=0)()
 
 
 device_parameter_sync_dag = device_parameter_sync()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from device_sync.config import ConfigError, load_settings
 
 

@@ -144,3 +144,8 @@ def cleanup_staging(**context: Any) -> None:
     settings = load_settings()
     with connection(settings) as conn:
         sync.drop_staging(conn, settings, staging_of(context["dag_run"], settings))
+
+
+def fail_if_sync_failed() -> None:
+    """Watcher: runs only when a step or publish_metrics failed, and fails so the DAG run is marked failed."""
+    raise AirflowFailException("device_parameter_sync failed: see the failed task's log (SyncSuccess=0 was published)")

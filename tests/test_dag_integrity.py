@@ -1,0 +1,148 @@
+"""DAG integrity: the file imports cleanly, the task graph is the design card's chain, and the run
+settings an operator relies on (retries, timeouts, one active run, tags, docs, timetable) hold."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import CronTriggerTimetable
+
+from conftest import REPO
+from device_sync import tasks
+
+DAG_ID = "device_parameter_sync"
+CHAIN = [
+    "discover_active_devices",
+    "aggregate_recent_measurements",
+    "resolve_parameter_names",
+    "compute_delta",
+    "apply_changes",
+    "publish_metrics",
+    "cleanup_staging",
+]
+
+
+def load_dagbag() -> DagBag:
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+@pytest.fixture(scope="module")
+def dag() -> Any:
+    bag = load_dagbag()
+    assert bag.import_errors == {}
+    return bag.dags[DAG_ID]
+
+
+def test_dag_file_imports_without_errors() -> None:
+    bag = load_dagbag()
+    assert bag.import_errors == {}
+    assert list(bag.dags) == [DAG_ID]
+
+
+WATCHER = "fail_if_sync_failed"
+
+
+def test_task_graph_is_the_design_cards_chain(dag: Any) -> None:
+    assert sorted(dag.task_ids) == sorted([*CHAIN, WATCHER])
+    for upstream, downstream in itertools.pairwise(CHAIN):
+        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+
+
+def test_metrics_and_cleanup_always_run_and_a_watcher_keeps_failures_visible(dag: Any) -> None:
+    assert dag.get_task("publish_metrics").trigger_rule == "all_done"
+    assert dag.get_task("cleanup_staging").is_teardown
+    assert not any(dag.get_task(task_id).is_teardown for task_id in CHAIN[:6])
+    watcher = dag.get_task(WATCHER)
+    assert watcher.trigger_rule == "one_failed"
+    assert watcher.retries == 0
+    assert watcher.upstream_task_ids == set(CHAIN[:6])
+    assert watcher.downstream_task_ids == set()
+
+
+def test_every_task_retries_with_backoff_and_has_a_timeout(dag: Any) -> None:
+    for task in dag.tasks:
+        if task.task_id == WATCHER:
+            continue
+        assert task.retries >= 2, task.task_id
+        assert task.retry_exponential_backoff, task.task_id
+        assert task.max_retry_delay is not None, task.task_id
+        assert task.execution_timeout == timedelta(minutes=60), task.task_id
+
+
+def test_one_active_run_tags_owner_and_docs(dag: Any) -> None:
+    assert dag.max_active_runs == 1
+    assert dag.catchup is False
+    assert {"device-sync", "dev"} <= set(dag.tags)
+    assert dag.owner == "iot-data-platform"
+    assert "[window_end - lookback, window_end)" in dag.doc_md
+    assert "When a task fails" in dag.doc_md
+    for task_id in CHAIN:
+        assert dag.get_task(task_id).doc_md, task_id
+
+
+def test_timetable_is_cron_trigger_with_the_lookback_as_data_interval(dag: Any) -> None:
+    timetable = dag.timetable
+    assert isinstance(timetable, CronTriggerTimetable)
+    assert timetable.expression == "0 * * * *"
+    assert timetable.interval == timedelta(minutes=1440)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DEVICE_SYNC_STAGE", "staging"),
+        ("DEVICE_SYNC_SCHEDULE", "not a cron"),
+        ("DEVICE_SYNC_LOOKBACK_MINUTES", "0"),
+        ("DEVICE_SYNC_MEASUREMENTS_TABLE", "iot_data.m; DROP TABLE x"),
+    ],
+)
+def test_invalid_configuration_is_an_import_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    errors = load_dagbag().import_errors
+    assert len(errors) == 1
+    assert variable in next(iter(errors.values()))
+
+
+def test_environment_changes_schedule_lookback_and_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVICE_SYNC_SCHEDULE", "*/15 * * * *")
+    monkeypatch.setenv("DEVICE_SYNC_LOOKBACK_MINUTES", "90")
+    monkeypatch.setenv("DEVICE_SYNC_STAGE", "prod")
+    monkeypatch.setenv("DEVICE_SYNC_RETRIES", "5")
+    dag = load_dagbag().dags[DAG_ID]
+    assert dag.timetable.expression == "*/15 * * * *"
+    assert dag.timetable.interval == timedelta(minutes=90)
+    assert "prod" in dag.tags
+    assert all(task.retries == 5 for task in dag.tasks if task.task_id != WATCHER)
+
+
+def test_parsing_touches_no_database_or_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[Any] = []
+
+    def refuse(self: socket.socket, address: Any) -> None:
+        attempts.append(address)
+        raise OSError("network access during DAG parsing")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    bag = load_dagbag()
+    assert bag.import_errors == {}
+    assert attempts == []
+
+
+def test_window_end_is_data_interval_end_else_run_after() -> None:
+    from datetime import UTC, datetime
+
+    scheduled = SimpleNamespace(
+        data_interval_end=datetime(2026, 1, 2, tzinfo=UTC), run_after=datetime(2026, 1, 3, tzinfo=UTC)
+    )
+    no_logical_date = SimpleNamespace(data_interval_end=None, run_after=datetime(2026, 1, 3, tzinfo=UTC))
+    assert tasks.window_end_of(scheduled) == datetime(2026, 1, 2, tzinfo=UTC)
+    assert tasks.window_end_of(no_logical_date) == datetime(2026, 1, 3, tzinfo=UTC)

@@ -1,0 +1,180 @@
+"""Whole DAG runs through real Airflow (``dag.test()`` and ``airflow dags test``) against real PostgreSQL,
+with the metrics read back from a real moto server over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import psycopg
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+
+from conftest import REPO, free_port
+from device_sync import metrics
+from device_sync.demo import load_demo_fleet
+
+DAG_ID = "device_parameter_sync"
+T = datetime(2026, 11, 30, 12, tzinfo=UTC)
+NAMESPACE = "IoT/DeviceParameterSync"
+
+
+@pytest.fixture
+def cloudwatch(moto_server: str) -> Any:
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"))  # noqa: S310
+    return boto3.client("cloudwatch", endpoint_url=moto_server, region_name="us-east-1")
+
+
+@pytest.fixture
+def run_dag(airflow_db: None, moto_server: str, conn: psycopg.Connection[Any]) -> Any:
+    """Run the DAG with dag.test() for a logical date; return (run state, task states)."""
+
+    def run(logical_date: datetime = T, **env: str) -> tuple[str, dict[str, str]]:
+        conn.commit()  # end the test's own transaction: it must not hold locks while the DAG runs
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+        try:
+            bag = DagBag(dag_folder=str(REPO / "dags"))
+            assert bag.import_errors == {}
+            dag_run = bag.dags[DAG_ID].test(logical_date=logical_date)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        return dag_run.state, {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+
+    return run
+
+
+def rows(conn: psycopg.Connection[Any]) -> set[tuple[str, ...]]:
+    return set(
+        conn.execute("SELECT device_id, device_name, parameter_id, parameter_name FROM iot_data.device_parameters")
+    )
+
+
+def staging_tables(conn: psycopg.Connection[Any]) -> list[str]:
+    return [name for (name,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'device_sync'")]
+
+
+def published(cloudwatch: Any) -> dict[str, float]:
+    now = datetime.now(UTC)
+    return metrics.read_back(
+        cloudwatch, namespace=NAMESPACE, stage="dev", since=now - timedelta(hours=1), until=now + timedelta(hours=1)
+    )
+
+
+def test_dag_run_syncs_the_demo_fleet_and_publishes_every_metric(
+    run_dag: Any, conn: psycopg.Connection[Any], cloudwatch: Any
+) -> None:
+    load_demo_fleet(conn, T, devices=60, parameters=30, per_device=6, step_minutes=30)
+    conn.commit()
+    before = rows(conn)
+
+    state, task_states = run_dag()
+
+    assert state == "success"
+    assert task_states.pop("fail_if_sync_failed") == "skipped"
+    assert set(task_states.values()) == {"success"}
+    after = rows(conn)
+    sent = published(cloudwatch)
+    assert set(sent) == set(metrics.METRICS)
+    assert sent["SyncSuccess"] == 1
+    assert sent["RowsInserted"] == len(after - before) - sent["RowsUpdated"] > 0
+    assert sent["RowsDeleted"] == len(before - after) - sent["RowsUpdated"] > 0
+    assert sent["RowsUpdated"] > 0
+    assert sent["ActiveDevices"] == 54  # every 10th of 60 devices is inactive
+    assert sent["RowsSkipped"] > 0
+    assert staging_tables(conn) == []
+
+    urllib.request.urlopen(urllib.request.Request(f"{cloudwatch.meta.endpoint_url}/moto-api/reset", method="POST"))  # noqa: S310
+    state, _ = run_dag()
+    assert state == "success"
+    assert rows(conn) == after
+    again = published(cloudwatch)
+    assert (again["RowsInserted"], again["RowsDeleted"], again["RowsUpdated"]) == (0, 0, 0)
+
+
+def seed_window_edges(conn: psycopg.Connection[Any]) -> None:
+    """One active device with three parameters measured at the window's start, just inside its end, and at its end."""
+    conn.execute("INSERT INTO iot_data.redshift_devices VALUES ('d1', 'Device 1', true)")
+    conn.execute(
+        "INSERT INTO iot_data.timescale_parameters VALUES ('p_start', 'start'), ('p_in', 'in'), ('p_end', 'end')"
+    )
+    conn.execute(
+        "INSERT INTO iot_data.measurements VALUES ('d1', 'p_start', %(s)s, 1), ('d1', 'p_in', %(i)s, 1), "
+        "('d1', 'p_end', %(e)s, 1)",
+        {"s": T - timedelta(minutes=60), "i": T - timedelta(microseconds=1), "e": T},
+    )
+    conn.commit()
+
+
+def test_dag_test_window_is_lookback_before_the_logical_date(run_dag: Any, conn: psycopg.Connection[Any]) -> None:
+    seed_window_edges(conn)
+    state, _ = run_dag(DEVICE_SYNC_LOOKBACK_MINUTES="60")
+    assert state == "success"
+    assert {row[2] for row in rows(conn)} == {"p_start", "p_in"}
+
+
+def test_failed_step_publishes_sync_success_zero_and_fails_the_run(
+    run_dag: Any, conn: psycopg.Connection[Any], cloudwatch: Any
+) -> None:
+    seed_window_edges(conn)
+    conn.execute("DROP TABLE iot_data.timescale_parameters")
+    conn.commit()
+
+    state, task_states = run_dag()
+
+    assert state == "failed"
+    assert task_states["resolve_parameter_names"] == "failed"
+    assert task_states["apply_changes"] == "upstream_failed"
+    assert task_states["publish_metrics"] == "success"
+    assert task_states["cleanup_staging"] == "success"
+    assert task_states["fail_if_sync_failed"] == "failed"
+    sent = published(cloudwatch)
+    assert sent["SyncSuccess"] == 0
+    assert "RowsInserted" not in sent
+    assert sent["ActiveDevices"] == 1
+    assert rows(conn) == set()
+    assert staging_tables(conn) == []
+
+
+def test_cloudwatch_outage_keeps_the_data_change_and_fails_only_publish_metrics(
+    run_dag: Any, conn: psycopg.Connection[Any]
+) -> None:
+    seed_window_edges(conn)
+    dead_endpoint = f"http://127.0.0.1:{free_port()}"
+    aws = json.dumps({"conn_type": "aws", "extra": {"region_name": "us-east-1", "endpoint_url": dead_endpoint}})
+
+    state, task_states = run_dag(AIRFLOW_CONN_AWS_DEFAULT=aws, DEVICE_SYNC_RETRIES="0")
+
+    assert state == "failed"
+    assert task_states["apply_changes"] == "success"
+    assert task_states["publish_metrics"] == "failed"
+    assert task_states["cleanup_staging"] == "success"
+    assert task_states["fail_if_sync_failed"] == "failed"
+    assert {row[2] for row in rows(conn)} == {"p_start", "p_in"}
+
+
+def test_airflow_dags_test_cli_syncs_the_window_ending_at_the_given_date(
+    airflow_db: None, moto_server: str, conn: psycopg.Connection[Any]
+) -> None:
+    seed_window_edges(conn)
+    env = {**os.environ, "DEVICE_SYNC_LOOKBACK_MINUTES": "60"}
+    result = subprocess.run(
+        [str(REPO / ".venv/bin/airflow"), "dags", "test", DAG_ID, T.isoformat()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd="/",
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert {row[2] for row in rows(conn)} == {"p_start", "p_in"}

@@ -1,0 +1,293 @@
+"""Property test: on random sources and a random existing target, the sync equals a plain-Python model.
+
+The model is written from the sync's rules, not from its SQL:
+
+* a device is active when one of its rows has a non-NULL id and status TRUE; its name is chosen among
+  those rows: a non-blank name first, then the smallest name (in the database's collation);
+* a parameter's name is chosen likewise among all rows with that (non-NULL) id;
+* observed pairs are the distinct (device, parameter) of measurements with ``start <= time < end``,
+  non-NULL ids and an active device;
+* an observed pair is desired when its device name is non-blank and its parameter is known with a
+  non-blank name, otherwise it is skipped;
+* the final target is the desired pairs (with their names) plus the old rows of skipped pairs, unchanged.
+
+Ids come from small alphabets with case and trailing-space variants so that collisions happen; names are
+lowercase ASCII letters and spaces. A second sync over the same window must then write nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+
+from conftest import reset_sources
+from device_sync import sync
+from device_sync.config import load_settings
+
+END = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+LOOKBACK = 60
+START = END - timedelta(minutes=LOOKBACK)
+MICROSECOND = timedelta(microseconds=1)
+
+# Small id alphabets with case and trailing-space variants, so that ids collide and near-collide. Repeated
+# entries weigh the draw towards usable values, so that most examples have desired pairs, updates and
+# deletes, while NULL ids, unknown ids and blank names still come up in many examples.
+DEVICE_IDS = ["d1", "d1", "D1", "d1 ", "d2", "d2", None]
+MEASURED_DEVICE_IDS = [*DEVICE_IDS, "d3"]  # d3 has no device row
+PARAMETER_IDS = ["p1", "p1", "P1", "p1 ", "p2", "p2", None]
+MEASURED_PARAMETER_IDS = [*PARAMETER_IDS, "p9"]  # p9 has no parameter row
+STATUSES = [True, True, True, False, None]
+# Times inside the window (both of its edges included) and outside it (its end, just before its start,
+# far away, NULL).
+INSIDE_TIMES = [START, START + MICROSECOND, START + timedelta(minutes=LOOKBACK // 2), END - MICROSECOND]
+OUTSIDE_TIMES = [
+    START - timedelta(days=400),
+    START - MICROSECOND,
+    END,
+    END + MICROSECOND,
+    END + timedelta(days=3650),
+    None,
+]
+
+# Names: lowercase ASCII letters and spaces only (see collation_rank for their order).
+names = st.text(alphabet="ab ", max_size=3)
+usable_names = st.text(alphabet="ab ", min_size=1, max_size=3).filter(lambda n: n.strip(" ") != "")
+source_names = st.one_of(usable_names, usable_names, names, st.sampled_from([None, "", " ", "   "]))
+devices = st.lists(
+    st.tuples(st.sampled_from(DEVICE_IDS), source_names, st.sampled_from(STATUSES)), min_size=2, max_size=8
+)
+parameters = st.lists(st.tuples(st.sampled_from(PARAMETER_IDS), source_names), min_size=2, max_size=7)
+times = st.one_of(st.sampled_from(INSIDE_TIMES), st.sampled_from(INSIDE_TIMES), st.sampled_from(OUTSIDE_TIMES))
+measurements = st.lists(
+    st.tuples(st.sampled_from(MEASURED_DEVICE_IDS), st.sampled_from(MEASURED_PARAMETER_IDS), times),
+    min_size=4,
+    max_size=14,
+)
+Pair = tuple[str, str]
+DeviceRow = tuple[str | None, str | None, bool | None]
+ParameterRow = tuple[str | None, str | None]
+MeasurementRow = tuple[str | None, str | None, datetime | None]
+Scenario = tuple[list[DeviceRow], list[ParameterRow], list[MeasurementRow], dict[Pair, tuple[str, str]]]
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Scenario:
+    """Random sources and an existing target: valid rows (non-NULL ids, unique pairs) with arbitrary names.
+
+    Target pairs are often measured pairs and target names often source names, so that updates, unchanged
+    rows and kept rows of skipped pairs come up in many examples, not only inserts and deletes.
+    """
+    device_rows = draw(devices)
+    parameter_rows = draw(parameters)
+    measurement_rows = draw(measurements)
+    any_pair = st.tuples(
+        st.sampled_from([d for d in MEASURED_DEVICE_IDS if d is not None]),
+        st.sampled_from([p for p in MEASURED_PARAMETER_IDS if p is not None]),
+    )
+    measured = sorted({(d, p) for d, p, _ in measurement_rows if d is not None and p is not None})
+    pairs = st.one_of(st.sampled_from(measured), any_pair) if measured else any_pair
+    used_names = sorted(
+        {n for _, n, _ in device_rows if n is not None} | {n for _, n in parameter_rows if n is not None}
+    )
+    target_names = st.one_of(names, st.sampled_from(used_names)) if used_names else names
+    old = draw(st.dictionaries(pairs, st.tuples(target_names, target_names), max_size=8))
+    return device_rows, parameter_rows, measurement_rows, old
+
+
+# --- the model -------------------------------------------------------------------------------------------
+
+
+def blank(name: str | None) -> bool:
+    """NULL or only spaces (PostgreSQL's btrim(x) = '' with the default characters: spaces only)."""
+    return name is None or name.strip(" ") == ""
+
+
+def choose(candidates: Iterable[str | None], rank: dict[str, int]) -> str | None:
+    """A usable name first, then the smallest (``rank`` is the database collation's order), NULL last."""
+    return min(candidates, key=lambda n: (blank(n), n is None, rank[n] if n is not None else 0))
+
+
+def model(
+    device_rows: Sequence[DeviceRow],
+    parameter_rows: Sequence[ParameterRow],
+    measurement_rows: Sequence[MeasurementRow],
+    old: dict[Pair, tuple[str, str]],
+    rank: dict[str, int],
+) -> tuple[dict[Pair, tuple[str, str]], dict[str, int], set[Pair]]:
+    """The expected final target, run summary and skipped pairs."""
+    active_rows: dict[str, list[str | None]] = {}
+    for device_id, name, status in device_rows:
+        if device_id is not None and status is True:
+            active_rows.setdefault(device_id, []).append(name)
+    device_name = {device_id: choose(rows, rank) for device_id, rows in active_rows.items()}
+
+    parameter_rows_by_id: dict[str, list[str | None]] = {}
+    for parameter_id, name in parameter_rows:
+        if parameter_id is not None:
+            parameter_rows_by_id.setdefault(parameter_id, []).append(name)
+    parameter_name = {parameter_id: choose(rows, rank) for parameter_id, rows in parameter_rows_by_id.items()}
+
+    in_window = {(d, p) for d, p, t in measurement_rows if t is not None and START <= t < END}
+    kept = {(d, p) for d, p in in_window if d is None or d in device_name}
+    observed = {(d, p) for d, p in kept if d is not None and p is not None}
+
+    desired: dict[Pair, tuple[str, str]] = {}
+    skipped: dict[str, set[Pair]] = {
+        "device_name_missing": set(),
+        "parameter_unknown": set(),
+        "parameter_name_missing": set(),
+    }
+    for d, p in observed:
+        if blank(device_name[d]):
+            skipped["device_name_missing"].add((d, p))
+        elif p not in parameter_name:
+            skipped["parameter_unknown"].add((d, p))
+        elif blank(parameter_name[p]):
+            skipped["parameter_name_missing"].add((d, p))
+        else:
+            desired[(d, p)] = (device_name[d], parameter_name[p])  # type: ignore[assignment]
+    all_skipped = set().union(*skipped.values())
+
+    final = {**{pair: old[pair] for pair in old if pair in all_skipped}, **desired}
+    changes = {
+        "inserts": sum(1 for pair in desired if pair not in old),
+        "updates": sum(1 for pair, names in desired.items() if pair in old and old[pair] != names),
+        "deletes": sum(1 for pair in old if pair not in observed),
+    }
+    summary = {
+        "active_devices": len(device_name),
+        "device_name_missing": sum(1 for name in device_name.values() if blank(name)),
+        "device_id_null": sum(1 for d, _, _ in device_rows if d is None),
+        "device_status_null": sum(1 for d, _, s in device_rows if d is not None and s is None),
+        "device_duplicate_rows": sum(len(rows) - 1 for rows in active_rows.values()),
+        "observed_pairs": len(observed),
+        "measurement_id_null": sum(1 for d, p in kept if d is None or p is None),
+        "desired_pairs": len(desired),
+        "device_name_missing_pairs": len(skipped["device_name_missing"]),
+        "parameter_unknown": len(skipped["parameter_unknown"]),
+        "parameter_name_missing": len(skipped["parameter_name_missing"]),
+        "parameter_id_null": sum(1 for p, _ in parameter_rows if p is None),
+        "parameter_duplicate_rows": sum(len(rows) - 1 for rows in parameter_rows_by_id.values()),
+        **changes,
+        "inserted": changes["inserts"],
+        "updated": changes["updates"],
+        "deleted": changes["deletes"],
+    }
+    summary["skipped"] = sum(
+        summary[key]
+        for key in (
+            "device_name_missing_pairs",
+            "device_id_null",
+            "device_status_null",
+            "device_duplicate_rows",
+            "measurement_id_null",
+            "parameter_unknown",
+            "parameter_name_missing",
+            "parameter_id_null",
+            "parameter_duplicate_rows",
+        )
+    )
+    return final, summary, all_skipped
+
+
+# --- database helpers ------------------------------------------------------------------------------------
+
+
+def query(conn: psycopg.Connection[Any], statement: str | sql.Composable, params: Any = None) -> list[tuple[Any, ...]]:
+    with conn.transaction():
+        return conn.execute(statement, params).fetchall()
+
+
+def insert_rows(
+    conn: psycopg.Connection[Any], table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    if not rows:
+        return
+    statement = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        sql.Identifier(*table.split(".")),
+        sql.SQL(", ").join(sql.Identifier(column) for column in columns),
+        sql.SQL(", ").join(sql.Placeholder() for _ in columns),
+    )
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(statement, rows)
+
+
+def collation_rank(conn: psycopg.Connection[Any], strings: Iterable[str | None]) -> dict[str, int]:
+    """Each string's position in ``ORDER BY`` under the database's default collation (the one the SQL uses)."""
+    distinct = sorted({s for s in strings if s is not None})
+    rows = query(conn, "SELECT s FROM unnest(%s::text[]) AS s ORDER BY s", (distinct,))
+    return {s: position for position, (s,) in enumerate(rows)}
+
+
+def target_rows(conn: psycopg.Connection[Any]) -> dict[Pair, tuple[str, str, str]]:
+    rows = query(
+        conn, "SELECT device_id, parameter_id, device_name, parameter_name, xmin::text FROM iot_data.device_parameters"
+    )
+    return {(d, p): (dn, pn, xmin) for d, p, dn, pn, xmin in rows}
+
+
+# --- the property ----------------------------------------------------------------------------------------
+
+
+@settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    max_examples=60,
+    deadline=None,
+    database=None,
+    print_blob=True,
+)
+@given(scenario=scenarios())
+def test_sync_equals_the_model_and_a_second_run_writes_nothing(
+    conn: psycopg.Connection[Any], scenario: Scenario
+) -> None:
+    device_rows, parameter_rows, measurement_rows, old = scenario
+    # Each example starts from blank sources, no target table and no staging schema.
+    reset_sources(conn)
+    with conn.transaction():
+        conn.execute("DROP TABLE IF EXISTS iot_data.device_parameters; DROP SCHEMA IF EXISTS device_sync CASCADE")
+    config = load_settings()
+    staging = sync.StagingTables.for_run(config.staging_schema, "dag", "run-x")
+    window = sync.Window.ending_at(END, LOOKBACK)
+    sync.ensure_schema(conn, config)
+    insert_rows(conn, "iot_data.redshift_devices", ("device_id", "device_name", "status"), device_rows)
+    insert_rows(conn, "iot_data.timescale_parameters", ("parameter_id", "parameter_name"), parameter_rows)
+    insert_rows(
+        conn,
+        "iot_data.measurements",
+        ("device_id", "parameter_id", "time", "value"),
+        [(*m, 0.5) for m in measurement_rows],
+    )
+    insert_rows(
+        conn,
+        "iot_data.device_parameters",
+        ("device_id", "device_name", "parameter_id", "parameter_name"),
+        [(d, dn, p, pn) for (d, p), (dn, pn) in old.items()],
+    )
+    rank = collation_rank(conn, [n for _, n, _ in device_rows] + [n for _, n in parameter_rows])
+    expected_target, expected_summary, skipped_pairs = model(device_rows, parameter_rows, measurement_rows, old, rank)
+
+    for key in ("desired_pairs", "device_name_missing_pairs", "parameter_unknown", "parameter_name_missing"):
+        event(f"{key} > 0: {expected_summary[key] > 0}")
+    for key in ("inserts", "updates", "deletes"):
+        event(f"{key} > 0: {expected_summary[key] > 0}")
+    event(f"old rows of skipped pairs kept: {any(pair in skipped_pairs for pair in old)}")
+    event(f"old rows already right: {any(old.get(pair) == names for pair, names in expected_target.items())}")
+
+    summary = sync.sync_once(conn, config, staging, window)
+
+    after_first = target_rows(conn)
+    assert {pair: (dn, pn) for pair, (dn, pn, _) in after_first.items()} == expected_target
+    assert summary == expected_summary
+
+    again = sync.sync_once(conn, config, staging, window)
+
+    assert target_rows(conn) == after_first  # same rows, same names, same xmin: nothing was written
+    assert (again["inserts"], again["updates"], again["deletes"]) == (0, 0, 0)
+    assert (again["inserted"], again["updated"], again["deleted"]) == (0, 0, 0)
+    assert query(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = %s", (config.staging_schema,)) == [(0,)]
