@@ -4,7 +4,10 @@ settings an operator relies on (retries, timeouts, one active run, tags, docs, t
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import socket
+import subprocess
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -146,3 +149,28 @@ def test_window_end_is_data_interval_end_else_run_after() -> None:
     no_logical_date = SimpleNamespace(data_interval_end=None, run_after=datetime(2026, 1, 3, tzinfo=UTC))
     assert tasks.window_end_of(scheduled) == datetime(2026, 1, 2, tzinfo=UTC)
     assert tasks.window_end_of(no_logical_date) == datetime(2026, 1, 3, tzinfo=UTC)
+
+
+def airflow_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REPO / ".venv/bin/airflow"), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd="/",
+        check=False,
+    )
+
+
+def test_bad_configuration_shows_in_airflow_dags_list_import_errors(airflow_db: None) -> None:
+    assert airflow_cli("dags", "reserialize", DEVICE_SYNC_LOOKBACK_MINUTES="-5").returncode == 0
+    listed = airflow_cli("dags", "list-import-errors", "-o", "json")
+    errors = json.loads(listed.stdout.strip().splitlines()[-1])
+    assert len(errors) == 1
+    assert "DEVICE_SYNC_LOOKBACK_MINUTES" in errors[0]["error"]
+    assert "greater than or equal to 1" in errors[0]["error"]
+
+    assert airflow_cli("dags", "reserialize").returncode == 0
+    listed = airflow_cli("dags", "list-import-errors", "-o", "json")
+    assert json.loads(listed.stdout.strip().splitlines()[-1]) == []
