@@ -61,7 +61,7 @@ names = st.text(alphabet="ab ", max_size=3)
 usable_names = st.text(alphabet="ab ", min_size=1, max_size=3).filter(lambda n: n.strip(" ") != "")
 source_names = st.one_of(usable_names, usable_names, names, st.sampled_from([None, "", " ", "   "]))
 statuses = st.sampled_from([True, True, True, False, None])
-times = st.one_of(st.sampled_from(INSIDE_TIMES), st.sampled_from(INSIDE_TIMES), st.sampled_from(OUTSIDE_TIMES))
+times = st.one_of(*[st.sampled_from(INSIDE_TIMES)] * 3, st.sampled_from(OUTSIDE_TIMES))
 
 Pair = tuple[str, str]
 DeviceRow = tuple[str | None, str | None, bool | None]
@@ -84,17 +84,24 @@ def _often(*choices: Iterable[Any]) -> st.SearchStrategy[Any]:
 def scenarios(draw: st.DrawFn) -> Scenario:
     """Random sources and an existing target: valid rows (non-NULL ids, unique pairs) with arbitrary names.
 
-    Measurements often name devices and parameters that have usable rows, target pairs are often measured
+    Most examples have a usable device row and parameter row, measurements often name devices and parameters that have usable rows, target pairs are often measured
     pairs and target names often source names, so that desired pairs, updates, unchanged rows and kept rows
     of skipped pairs come up in many examples, besides all kinds of bad rows.
     """
-    device_rows = draw(st.lists(st.tuples(st.sampled_from(DEVICE_IDS), source_names, statuses), min_size=1, max_size=8))
-    parameter_rows = draw(st.lists(st.tuples(st.sampled_from(PARAMETER_IDS), source_names), min_size=1, max_size=7))
+    # Any rows, plus (mostly) a row or two that is certainly usable, all in a random order.
+    device_rows = draw(st.lists(st.tuples(st.sampled_from(DEVICE_IDS), source_names, statuses), max_size=7))
+    usable_device_row = st.tuples(st.sampled_from(DEVICE_IDS[:-1]), usable_names, st.just(True))
+    device_rows += [draw(usable_device_row) for _ in range(draw(st.sampled_from([1, 1, 2, 0])))]
+    device_rows = draw(st.permutations(device_rows))
+    parameter_rows = draw(st.lists(st.tuples(st.sampled_from(PARAMETER_IDS), source_names), max_size=6))
+    usable_parameter_row = st.tuples(st.sampled_from(PARAMETER_IDS[:-1]), usable_names)
+    parameter_rows += [draw(usable_parameter_row) for _ in range(draw(st.sampled_from([1, 1, 2, 0])))]
+    parameter_rows = draw(st.permutations(parameter_rows))
     usable_devices = [d for d, n, s in device_rows if d is not None and s is True and not blank(n)]
     usable_parameters = [p for p, n in parameter_rows if p is not None and not blank(n)]
     device_ids = _often(usable_devices, [d for d, _, _ in device_rows], MEASURED_DEVICE_IDS)
     parameter_ids = _often(usable_parameters, [p for p, _ in parameter_rows], MEASURED_PARAMETER_IDS)
-    measurement_rows = draw(st.lists(st.tuples(device_ids, parameter_ids, times), min_size=1, max_size=14))
+    measurement_rows = draw(st.lists(st.tuples(device_ids, parameter_ids, times), min_size=3, max_size=14))
     measured = [(d, p) for d, p, _ in measurement_rows if d is not None and p is not None]
     pairs = _often(measured, [(d, p) for d in TARGET_DEVICE_IDS for p in TARGET_PARAMETER_IDS])
     used_names = [n for _, n, _ in device_rows if n is not None] + [n for _, n in parameter_rows if n is not None]

@@ -103,6 +103,11 @@ def _summary(cur: psycopg.Cursor[Any], name: str, staging: StagingTables, settin
 def ensure_schema(conn: psycopg.Connection[Any], settings: Settings) -> None:
     """Create the target table, its indexes and the staging schema if missing (under the writers' lock)."""
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
+        ready = db.fetch_one_dict(
+            cur, db.load_sql(f"{SQL}target_ready.sql"), {"staging_schema": settings.staging_schema}
+        )
+        if ready["ready"]:
+            return
         db.run(cur, db.load_sql(f"{SQL}lock_target.sql"))
         db.run(cur, db.compose(f"{SQL}ensure_schema.sql", {"staging_schema": sql.Identifier(settings.staging_schema)}))
 

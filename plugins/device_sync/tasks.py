@@ -34,6 +34,7 @@ STEP_TASK_IDS = (
 # Errors a retry cannot fix: a missing table or column, missing privileges, a mistake in the SQL.
 PERMANENT_ERRORS = (
     psycopg.errors.UndefinedTable,
+    psycopg.errors.InvalidSchemaName,
     psycopg.errors.UndefinedColumn,
     psycopg.errors.UndefinedObject,
     psycopg.errors.InsufficientPrivilege,

@@ -1,7 +1,8 @@
--- Creates what the sync needs, idempotently; safe when everything already exists.
--- The target table is exactly the one of the original service (seed DDL).
+-- Creates what the sync needs, idempotently. Run only when something is missing (see target_ready.sql),
+-- since IF NOT EXISTS still demands CREATE privileges that a least-privileged role need not have.
+-- The target table is exactly the one of the original service (seed DDL); the schema iot_data holds
+-- the source tables, so it exists already.
 -- {staging_schema}: the package's own schema for per-run staging tables.
-CREATE SCHEMA IF NOT EXISTS iot_data;
 CREATE SCHEMA IF NOT EXISTS {staging_schema};
 
 CREATE TABLE IF NOT EXISTS iot_data.device_parameters (
