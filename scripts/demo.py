@@ -185,7 +185,7 @@ def sync_and_report(
 ) -> dict[str, float]:
     import urllib.request
 
-    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST"))  # noqa: S310
+    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST"))
     before = table_state(conn)
     started = datetime.now(UTC)
     say(f"\n== {label}: airflow dags test device_parameter_sync {window_end.isoformat()}")

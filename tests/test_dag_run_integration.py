@@ -26,7 +26,7 @@ NAMESPACE = "IoT/DeviceParameterSync"
 
 @pytest.fixture
 def cloudwatch(moto_server: str) -> Any:
-    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"))  # noqa: S310
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"))
     return boto3.client("cloudwatch", endpoint_url=moto_server, region_name="us-east-1")
 
 
@@ -93,7 +93,7 @@ def test_dag_run_syncs_the_demo_fleet_and_publishes_every_metric(
     assert sent["RowsSkipped"] > 0
     assert staging_tables(conn) == []
 
-    urllib.request.urlopen(urllib.request.Request(f"{cloudwatch.meta.endpoint_url}/moto-api/reset", method="POST"))  # noqa: S310
+    urllib.request.urlopen(urllib.request.Request(f"{cloudwatch.meta.endpoint_url}/moto-api/reset", method="POST"))
     state, _ = run_dag()
     assert state == "success"
     assert rows(conn) == after

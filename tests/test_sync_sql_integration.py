@@ -174,14 +174,21 @@ def test_measurement_before_window_start_is_ignored(conn: psycopg.Connection[Any
     assert summary["observed_pairs"] == 1
 
 
-def test_far_future_and_null_time_measurements_are_ignored(conn: psycopg.Connection[Any]) -> None:
+def test_far_future_infinite_and_null_time_measurements_are_ignored(conn: psycopg.Connection[Any]) -> None:
     add_devices(conn, ("d1", "Device 1", True))
-    add_parameters(conn, ("p_future", "Future"), ("p_null", "Null time"), ("p_inside", "Inside"))
+    add_parameters(
+        conn, ("p_future", "Future"), ("p_infinity", "Infinity"), ("p_null", "Null time"), ("p_inside", "Inside")
+    )
     add_measurements(
         conn,
         ("d1", "p_future", END + timedelta(days=3650)),
         ("d1", "p_null", None),
         ("d1", "p_inside", INSIDE),
+    )
+    execute(
+        conn,
+        "INSERT INTO iot_data.measurements VALUES "
+        "('d1', 'p_infinity', 'infinity', 1), ('d1', 'p_infinity', '-infinity', 1)",
     )
 
     summary = run_sync(conn)
@@ -428,7 +435,13 @@ def test_null_and_blank_parameter_names_are_skipped_and_counted(conn: psycopg.Co
 def test_null_ids_in_devices_parameters_and_measurements_are_skipped_and_counted(
     conn: psycopg.Connection[Any],
 ) -> None:
-    add_devices(conn, (None, "No id", True), (None, "No id either", False), ("d1", "Device 1", True))
+    add_devices(
+        conn,
+        (None, "No id", True),
+        (None, "No id either", False),
+        (None, "No id, no status", None),  # counted once, as a NULL id (not also as a NULL status)
+        ("d1", "Device 1", True),
+    )
     add_parameters(conn, (None, "No id"), ("p1", "Temp"))
     add_measurements(
         conn,
@@ -442,11 +455,12 @@ def test_null_ids_in_devices_parameters_and_measurements_are_skipped_and_counted
     summary = run_sync(conn)
 
     assert target(conn) == {("d1", "p1"): ("Device 1", "Temp")}
-    assert summary["device_id_null"] == 2
+    assert summary["device_id_null"] == 3
+    assert summary["device_status_null"] == 0
     assert summary["parameter_id_null"] == 1
     assert summary["measurement_id_null"] == 3
     assert summary["active_devices"] == 1
-    assert summary["skipped"] == 2 + 1 + 3
+    assert summary["skipped"] == 3 + 1 + 3
     assert (
         query(conn, "SELECT count(*) FROM iot_data.device_parameters WHERE device_id IS NULL OR parameter_id IS NULL")[
             0
@@ -792,26 +806,31 @@ def test_apply_changes_waits_for_the_writers_lock_then_applies_what_is_still_nee
         except BaseException as error:  # reported to the main thread
             outcome["error"] = error
 
+    worker = threading.Thread(target=apply, daemon=True)
     with psycopg.connect(database_url) as other:
-        with other.transaction():
-            other.execute(sync.db.load_sql("device_parameter_sync/lock_target.sql"))
-            # Another writer changes the table while it holds the lock.
-            other.execute(
-                "INSERT INTO iot_data.device_parameters (device_id, device_name, parameter_id, parameter_name) "
-                "VALUES ('d1', 'stale', 'p1', 'stale'), ('zz', 'Ghost', 'p1', 'Temp')"
-            )
-            worker = threading.Thread(target=apply, daemon=True)
-            worker.start()
-            time.sleep(1.0)
-            assert worker.is_alive(), f"apply_changes did not wait for the lock: {outcome}"
-            waiting = other.execute(
-                "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s",
-                (conn.info.backend_pid,),
-            ).fetchall()
-            assert waiting == [("Lock", "advisory")]
-        worker.join(timeout=30)
-        assert not worker.is_alive()
+        try:
+            with other.transaction():
+                other.execute(sync.db.load_sql("device_parameter_sync/lock_target.sql"))
+                # Another writer changes the table while it holds the lock.
+                other.execute(
+                    "INSERT INTO iot_data.device_parameters (device_id, device_name, parameter_id, parameter_name) "
+                    "VALUES ('d1', 'stale', 'p1', 'stale'), ('zz', 'Ghost', 'p1', 'Temp')"
+                )
+                worker.start()
+                time.sleep(1.0)
+                waited = worker.is_alive()
+                waiting_on = other.execute(
+                    "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s",
+                    (conn.info.backend_pid,),
+                ).fetchall()
+            # The lock holder has committed: the waiting apply_changes goes on.
+        finally:
+            if worker.ident is not None:
+                worker.join(timeout=30)
 
+    assert waited, f"apply_changes did not wait for the lock: {outcome}"
+    assert waiting_on == [("Lock", "advisory")]
+    assert not worker.is_alive(), "apply_changes did not finish after the lock was released"
     assert "error" not in outcome, outcome.get("error")
     # The delta was recomputed after the lock: the other writer's rows are updated and deleted.
     assert outcome["result"] == {"inserted": 1, "updated": 1, "deleted": 1}

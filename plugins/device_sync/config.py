@@ -1,6 +1,8 @@
 """The one place that reads device-sync's configuration from the environment.
 
-Every setting is a ``DEVICE_SYNC_*`` environment variable with a documented default. Settings are
+Every setting is a ``DEVICE_SYNC_*`` environment variable with a documented default. ``DEVICE_SYNC_STAGE``
+(``dev`` or ``prod``) selects a stage file of defaults, ``include/config/<stage>.env``; a variable set in
+the environment always wins over the stage file. Settings are
 validated when the DAG file is parsed, so a bad value becomes an import error that names the variable
 and what it accepts (``airflow dags list-import-errors``) instead of a silent fallback or a failure
 half-way through a run. Reading the settings touches no database and no network.
@@ -8,9 +10,13 @@ half-way through a run. Reading the settings touches no database and no network.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
+from datetime import timedelta
 from functools import cached_property
-from typing import Literal
+from pathlib import Path
+from typing import Literal, get_args
 
 from croniter import croniter
 from psycopg import sql
@@ -18,6 +24,9 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "DEVICE_SYNC_"
+Stage = Literal["dev", "prod"]
+STAGES: tuple[str, ...] = get_args(Stage)
+STAGE_FILES = Path(__file__).resolve().parents[2] / "include" / "config"
 
 # A plain, unquoted PostgreSQL identifier. Anything else (quotes, dots inside a part, spaces,
 # semicolons) is refused rather than escaped, so a misconfiguration can never become SQL.
@@ -51,7 +60,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore")
 
-    stage: Literal["dev", "prod"] = Field("dev", description="Deployment stage; the Stage dimension of every metric.")
+    stage: Stage = Field("dev", description="Deployment stage; the Stage dimension of every metric.")
     schedule: str = Field("0 * * * *", description="Cron expression (UTC) of the scheduled runs.")
     lookback_minutes: int = Field(
         1440, ge=1, le=60 * 24 * 31, description="Length of the window that ends at the run's data_interval_end."
@@ -72,6 +81,13 @@ class Settings(BaseSettings):
         "IoT/DeviceParameterSync", min_length=1, max_length=255, description="CloudWatch namespace of the metrics."
     )
 
+    history_retention_days: int = Field(
+        30, ge=1, le=3650, description="Days of run history and change log kept in the database."
+    )
+    health_max_age_minutes: int | None = Field(
+        None, ge=1, description="Age of the last applied sync after which /health answers 503 (default: 3 intervals)."
+    )
+
     @field_validator("schedule")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
@@ -89,6 +105,19 @@ class Settings(BaseSettings):
     def _valid_identifier(cls, value: str) -> str:
         return _check_identifier(value)
 
+    @property
+    def schedule_interval(self) -> timedelta:
+        """The time between two scheduled runs (the longest gap, for irregular crons)."""
+        runs = croniter(self.schedule, 0)
+        fire_times = [runs.get_next(float) for _ in range(8)]
+        return timedelta(seconds=max(b - a for a, b in itertools.pairwise(fire_times)))
+
+    @property
+    def health_max_age(self) -> timedelta:
+        if self.health_max_age_minutes is not None:
+            return timedelta(minutes=self.health_max_age_minutes)
+        return 3 * self.schedule_interval
+
     @cached_property
     def measurements_identifier(self) -> sql.Identifier:
         schema, table = self.measurements_table.split(".")
@@ -97,8 +126,13 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     """Read and validate the settings; raise :class:`ConfigError` naming every bad variable."""
+    stage = os.environ.get(f"{ENV_PREFIX}STAGE", "dev")
+    if stage not in STAGES:
+        raise ConfigError(
+            f"Invalid device-sync configuration: {ENV_PREFIX}STAGE: Input should be 'dev' or 'prod' (got {stage!r})"
+        )
     try:
-        return Settings()
+        return Settings(_env_file=STAGE_FILES / f"{stage}.env")  # type: ignore[call-arg]
     except ValidationError as error:
         problems = []
         for item in error.errors():

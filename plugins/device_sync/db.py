@@ -8,6 +8,7 @@ parameters.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
@@ -31,11 +32,14 @@ def compose(name: str, identifiers: Mapping[str, sql.Composable]) -> sql.Compose
     return sql.SQL(load_sql(name)).format(**identifiers)  # type: ignore[arg-type]
 
 
-def connect(conn_id: str) -> psycopg.Connection[Any]:
-    """Open a psycopg 3 connection from the Airflow connection ``conn_id``."""
+def connect(conn_id: str, connect_timeout: int | None = None) -> psycopg.Connection[Any]:
+    """Open a psycopg 3 connection from the Airflow connection ``conn_id`` (extras are honoured)."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    conn = PostgresHook(postgres_conn_id=conn_id).get_conn()
+    hook = PostgresHook(postgres_conn_id=conn_id)
+    if connect_timeout is not None:
+        hook.connection.extra = json.dumps({**hook.connection.extra_dejson, "connect_timeout": connect_timeout})
+    conn = hook.get_conn()
     if not isinstance(conn, psycopg.Connection):
         raise RuntimeError("device-sync needs psycopg 3 (install psycopg[binary] beside the postgres provider)")
     return conn

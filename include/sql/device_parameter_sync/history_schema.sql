@@ -1,0 +1,43 @@
+-- Run history and change log, next to the data in the package's own schema {staging_schema}.
+-- Created idempotently; both are written in the same transaction as the change they describe.
+CREATE TABLE IF NOT EXISTS {run_history} (
+    run_id TEXT PRIMARY KEY,
+    dag_id TEXT NOT NULL,
+    logical_date TIMESTAMPTZ,
+    window_start TIMESTAMPTZ,
+    window_end TIMESTAMPTZ,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    finished_at TIMESTAMPTZ,
+    status TEXT NOT NULL CHECK (status IN ('running', 'success', 'failed')),
+    dry_run BOOLEAN NOT NULL DEFAULT false,
+    applied BOOLEAN NOT NULL DEFAULT false,
+    device_scope INTEGER,
+    active_devices INTEGER,
+    observed_pairs INTEGER,
+    inserted INTEGER,
+    deleted INTEGER,
+    updated INTEGER,
+    skipped INTEGER,
+    skipped_by_reason JSONB,
+    error TEXT
+);
+-- The health check's one query: the newest successful applied sync.
+CREATE INDEX IF NOT EXISTS run_history_last_applied_idx
+    ON {run_history} (finished_at DESC) WHERE status = 'success' AND applied;
+CREATE INDEX IF NOT EXISTS run_history_started_at_idx ON {run_history} (started_at DESC);
+
+CREATE TABLE IF NOT EXISTS {change_log} (
+    change_id BIGSERIAL PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    operation TEXT NOT NULL CHECK (operation IN ('insert', 'update', 'delete')),
+    device_id TEXT NOT NULL,
+    parameter_id TEXT NOT NULL,
+    old_device_name TEXT,
+    old_parameter_name TEXT,
+    new_device_name TEXT,
+    new_parameter_name TEXT,
+    changed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+-- "When and why did parameter X disappear from device Y?" is one indexed query.
+CREATE INDEX IF NOT EXISTS change_log_pair_idx ON {change_log} (device_id, parameter_id, changed_at DESC);
+CREATE INDEX IF NOT EXISTS change_log_changed_at_idx ON {change_log} (changed_at);

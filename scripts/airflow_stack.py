@@ -1,0 +1,300 @@
+"""A real local Airflow 3 for device-sync: api-server, scheduler, dag-processor and triggerer from .venv.
+
+    python scripts/airflow_stack.py start [--home DIR] [--port N] [--no-demo]   # `make airflow`
+    python scripts/airflow_stack.py stop  [--home DIR]                          # `make airflow-stop`
+
+LocalExecutor, a PostgreSQL metadata database of its own (``<name>_airflow`` on the same server as the data),
+the project's dags/ and plugins/, Airflow's simple auth manager with two local logins (admin and viewer,
+passwords written to ``<home>/passwords.json``). ``start`` waits until every component is healthy, loads the
+demo fleet into the data database (unless --no-demo) and prints the UI address and the logins. Every
+process it starts is recorded by pid in ``<home>/pids`` and ``stop`` ends exactly those.
+The tests import :class:`AirflowStack` to run the same stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "plugins"))
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def airflow_uri(conninfo: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    password = f":{params['password']}" if params.get("password") else ""
+    return (
+        f"postgresql://{params.get('user', 'postgres')}{password}@{params.get('host', '127.0.0.1')}"
+        f":{params.get('port', 5432)}/{params['dbname']}"
+    )
+
+
+def recreate_database(admin_url: str, name: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return psycopg.conninfo.make_conninfo(admin_url, dbname=name)
+
+
+@dataclass
+class AirflowStack:
+    """One local Airflow: its home, ports, environment and processes."""
+
+    home: Path
+    data_url: str  # libpq URL of the IoT data database
+    admin_url: str  # libpq URL of a database on the same server (to create the metadata database)
+    port: int = 0
+    metadata_db: str = "device_sync_airflow"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    components: tuple[str, ...] = COMPONENTS
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def passwords(self) -> dict[str, str]:
+        return dict(json.loads((self.home / "passwords.json").read_text()))
+
+    def env(self) -> dict[str, str]:
+        settings = json.loads((self.home / "settings.json").read_text())
+        env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": "4",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings["sql_alchemy_conn"],
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(settings["port"]),
+                "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{settings['port']}",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{settings['port']}/execution/",
+                "AIRFLOW__API_AUTH__JWT_SECRET": settings["jwt_secret"],
+                "AIRFLOW__CORE__AUTH_MANAGER": (
+                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+                ),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
+                "AIRFLOW_CONN_DEVICE_SYNC_POSTGRES": airflow_uri(self.data_url),
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def prepare(self) -> None:
+        """Fresh home, metadata database, logins and settings; then `airflow db migrate`."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        metadata_url = recreate_database(self.admin_url, self.metadata_db)
+        params = psycopg.conninfo.conninfo_to_dict(metadata_url)
+        password = f":{params['password']}" if params.get("password") else ""
+        sql_alchemy_conn = (
+            f"postgresql+psycopg2://{params.get('user', 'postgres')}{password}@{params.get('host', '127.0.0.1')}"
+            f":{params.get('port', 5432)}/{self.metadata_db}"
+        )
+        (self.home / "passwords.json").write_text(
+            json.dumps({"admin": secrets.token_urlsafe(12), "viewer": secrets.token_urlsafe(12)})
+        )
+        (self.home / "passwords.json").chmod(0o600)
+        (self.home / "settings.json").write_text(
+            json.dumps({"port": self.port, "sql_alchemy_conn": sql_alchemy_conn, "jwt_secret": secrets.token_hex(32)})
+        )
+        (self.home / "settings.json").chmod(0o600)
+        self.airflow("db", "migrate", timeout=300)
+
+    def airflow(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(REPO / ".venv/bin/airflow"), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=str(self.home),
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        return result
+
+    def start(self, timeout: float = 150) -> float:
+        """Start every component, wait until healthy; return the seconds it took."""
+        started = time.monotonic()
+        (self.home / "logs").mkdir(exist_ok=True)
+        env = self.env()
+        pids = {}
+        for component in self.components:
+            log = (self.home / "logs" / f"{component}.log").open("ab")
+            self.processes[component] = subprocess.Popen(
+                [str(REPO / ".venv/bin/airflow"), component],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(self.home),
+                start_new_session=True,
+            )
+            pids[component] = self.processes[component].pid
+        (self.home / "pids").write_text(json.dumps(pids))
+        self.wait_healthy(timeout)
+        return time.monotonic() - started
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            for component, process in self.processes.items():
+                if process.poll() is not None:
+                    tail = (self.home / "logs" / f"{component}.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"airflow {component} exited with {process.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/api/v2/monitor/health", timeout=5) as response:
+                    last = json.loads(response.read())
+                wanted = {"metadatabase", "scheduler", "dag_processor"} | (
+                    {"triggerer"} if "triggerer" in self.components else set()
+                )
+                if all(last.get(name, {}).get("status") == "healthy" for name in wanted):
+                    return
+            except (urllib.error.URLError, OSError, ValueError) as error:
+                last = error
+            time.sleep(1)
+        raise TimeoutError(f"Airflow was not healthy after {timeout:.0f} s; last answer: {last}")
+
+    def stop(self, timeout: float = 60) -> None:
+        pids = json.loads((self.home / "pids").read_text()) if (self.home / "pids").exists() else {}
+        stop_pids(pids, timeout)
+        self.processes.clear()
+        (self.home / "pids").unlink(missing_ok=True)
+
+    # --- REST helpers -----------------------------------------------------------------------------------
+    def token(self, username: str = "admin") -> str:
+        body = json.dumps({"username": username, "password": self.passwords[username]}).encode()
+        request = urllib.request.Request(
+            f"{self.base_url}/auth/token", data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return str(json.loads(response.read())["access_token"])
+
+    def request(
+        self, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 30
+    ) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.base_url}{path}", data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+                status = response.status
+        except urllib.error.HTTPError as error:
+            raw, status = error.read(), error.code
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def wait_for_run(self, dag_id: str, run_id: str, token: str, timeout: float = 240) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        run: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status, run = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", token=token)
+            if status == 200 and run["state"] in ("success", "failed"):
+                return run
+            time.sleep(2)
+        raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f} s: {run}")
+
+
+def stop_pids(pids: dict[str, int], timeout: float) -> None:
+    """SIGTERM each recorded process group, wait for it to go, then SIGKILL whatever is left."""
+    for pid in pids.values():
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_group_alive(pid) for pid in pids.values()):
+        time.sleep(0.5)
+    for pid in pids.values():
+        _signal_group(pid, signal.SIGKILL)
+        _group_alive(pid)
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signum)
+
+
+def _group_alive(pid: int) -> bool:
+    # Reap the leader if it is our own child, so a zombie does not count as alive.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        os.killpg(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--home", type=Path, default=REPO / ".airflow")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--no-demo", action="store_true", help="do not (re)load the demo fleet")
+    args = parser.parse_args()
+    admin_url = os.environ.get("DEVICE_SYNC_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    data_url = psycopg.conninfo.make_conninfo(admin_url, dbname="device_sync_demo")
+    stack = AirflowStack(home=args.home, data_url=data_url, admin_url=admin_url, port=args.port)
+    if args.action == "stop":
+        stack.stop()
+        print("Stopped every process of the local Airflow.")
+        return
+    if (args.home / "pids").exists():
+        stack.stop()
+    if not args.no_demo:
+        from device_sync.demo import load_demo_fleet
+
+        recreate_database(admin_url, "device_sync_demo")
+        with psycopg.connect(data_url) as conn:
+            load_demo_fleet(conn, datetime.now(UTC).replace(minute=0, second=0, microsecond=0))
+        print("Demo fleet loaded into database device_sync_demo.")
+    started = time.monotonic()
+    stack.prepare()
+    stack.start()
+    passwords = stack.passwords
+    print(f"Airflow is up after {time.monotonic() - started:.0f} s: {stack.base_url}")
+    print(f"  logins: admin / {passwords['admin']}   viewer / {passwords['viewer']}")
+    print(f"  status page: {stack.base_url}/device-sync/   health: {stack.base_url}/device-sync/health")
+    print("  stop it with: make airflow-stop")
+
+
+if __name__ == "__main__":
+    main()
