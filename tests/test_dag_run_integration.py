@@ -60,7 +60,8 @@ def rows(conn: psycopg.Connection[Any]) -> set[tuple[str, ...]]:
 
 
 def staging_tables(conn: psycopg.Connection[Any]) -> list[str]:
-    return [name for (name,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'device_sync'")]
+    query = "SELECT tablename FROM pg_tables WHERE schemaname = 'device_sync' AND starts_with(tablename, 'stage_')"
+    return [name for (name,) in conn.execute(query)]
 
 
 def published(cloudwatch: Any) -> dict[str, float]:

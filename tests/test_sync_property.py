@@ -311,4 +311,5 @@ def test_sync_equals_the_model_and_a_second_run_writes_nothing(
     assert target_rows(conn) == after_first  # same rows, same names, same xmin: nothing was written
     assert (again["inserts"], again["updates"], again["deletes"]) == (0, 0, 0)
     assert (again["inserted"], again["updated"], again["deleted"]) == (0, 0, 0)
-    assert query(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = %s", (config.staging_schema,)) == [(0,)]
+    staged = "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND starts_with(tablename, %s)"
+    assert query(conn, staged, (config.staging_schema, staging.run_key)) == [(0,)]

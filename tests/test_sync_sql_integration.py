@@ -923,7 +923,7 @@ def test_no_staging_table_of_the_run_remains_after_sync_once(conn: psycopg.Conne
 
     assert target(conn) == {("d1", "p1"): ("Device 1", "Temp")}
     assert staging_tables(conn, settings.staging_schema, staging.run_key) == []
-    assert staging_tables(conn, settings.staging_schema, "run_") == [f"{other_run.run_key}_active_devices"]
+    assert staging_tables(conn, settings.staging_schema, "stage_") == [f"{other_run.run_key}_active_devices"]
 
 
 def test_staging_tables_are_dropped_even_when_a_step_fails(

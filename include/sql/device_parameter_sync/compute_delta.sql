@@ -3,6 +3,8 @@
 --   update: a named pair whose device or parameter name differs in the table;
 --   delete: a table row whose pair was not observed for an active device in the window.
 -- Skipped pairs (observed but not nameable) are never inserted, updated or deleted.
+-- %(device_ids)s limits deletes to those devices (NULL: every device); inserts and updates are already
+-- limited by the staged active devices.
 CREATE UNLOGGED TABLE {delta} AS
 SELECT 'insert'::text AS operation,
        r.device_id, r.parameter_id,
@@ -29,4 +31,5 @@ SELECT 'delete', t.device_id, t.parameter_id,
 FROM iot_data.device_parameters AS t
 WHERE NOT EXISTS (
     SELECT 1 FROM {resolved_pairs} AS r
-    WHERE r.device_id = t.device_id AND r.parameter_id = t.parameter_id);
+    WHERE r.device_id = t.device_id AND r.parameter_id = t.parameter_id)
+  AND (%(device_ids)s::text[] IS NULL OR t.device_id = ANY (%(device_ids)s::text[]));
