@@ -23,6 +23,11 @@ The wall clock never chooses the window: `airflow dags test device_parameter_syn
 8. `fail_if_sync_failed` (watcher): fails the run when any step or the publishing failed, so a
    metrics task that always runs can never turn a failed sync into a green run. It is skipped otherwise.
 
+## Manual runs (Trigger DAG form or REST API)
+- `dry_run`: compute the delta and record it in the run history (`applied = false`); change nothing.
+- `lookback_minutes`: window length for this run only.
+- `device_ids`: limit the run to these devices; nothing outside them is inserted or deleted.
+
 ## When a task fails
 - Retries (exponential backoff) cover transient faults. Errors a retry cannot fix (missing table or
   column, missing privilege) fail at once: fix the database or the `DEVICE_SYNC_*` configuration, then
@@ -36,7 +41,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import CronTriggerTimetable, TriggerRule, chain, dag, task, teardown
+from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, chain, dag, task, teardown
 
 from device_sync import tasks
 from device_sync.config import load_settings
@@ -53,6 +58,31 @@ settings = load_settings()
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
+    params={
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Compute the delta and record it in the run history; change nothing in the table.",
+        ),
+        "lookback_minutes": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=tasks.MAX_LOOKBACK_MINUTES,
+            title="Lookback (minutes)",
+            description=f"Window length for this run only. Empty: {settings.lookback_minutes} (configured).",
+        ),
+        "device_ids": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "string", "minLength": 1, "maxLength": 256},
+            minItems=1,
+            maxItems=tasks.MAX_DEVICE_IDS,
+            title="Device ids",
+            description="Limit the run to these devices: nothing outside them is inserted or deleted. Empty: all.",
+        ),
+    },
     tags=["device-sync", "iot", settings.stage],
     default_args={
         "owner": "iot-data-platform",

@@ -228,7 +228,11 @@ def apply_changes(
 
 
 def record_failure(
-    conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables, run: dict[str, Any]
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    staging: StagingTables,
+    run: dict[str, Any],
+    keep_error: bool = False,
 ) -> None:
     """Mark the run failed in the history (its own transaction), unless it already succeeded."""
     ensure_schema(conn, settings)
@@ -242,6 +246,7 @@ def record_failure(
                 "finished_at": datetime.now(UTC),
                 "skipped_by_reason": None,
                 "dry_run": bool(run.get("dry_run")),
+                "keep_error": keep_error,
             },
         )
 

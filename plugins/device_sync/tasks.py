@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +45,46 @@ PERMANENT_ERRORS = (
 )
 
 
+MAX_DEVICE_IDS = 10_000
+MAX_LOOKBACK_MINUTES = 60 * 24 * 31
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What an operator may set for one run (the DAG's params); scheduled runs get the defaults."""
+
+    dry_run: bool = False
+    lookback_minutes: int | None = None
+    device_ids: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> RunOptions:
+        """Validate the params again in the task (they are also validated at trigger time); name the field."""
+        params = params or {}
+        dry_run = params.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise AirflowFailException(f"param dry_run must be true or false, got {dry_run!r}")
+        lookback = params.get("lookback_minutes")
+        if lookback is not None and (
+            isinstance(lookback, bool) or not isinstance(lookback, int) or not 1 <= lookback <= MAX_LOOKBACK_MINUTES
+        ):
+            raise AirflowFailException(
+                f"param lookback_minutes must be an integer from 1 to {MAX_LOOKBACK_MINUTES}, got {lookback!r}"
+            )
+        device_ids = params.get("device_ids")
+        if device_ids is not None:
+            if (
+                not isinstance(device_ids, list | tuple)
+                or not 1 <= len(device_ids) <= MAX_DEVICE_IDS
+                or not all(isinstance(device, str) and device for device in device_ids)
+            ):
+                raise AirflowFailException(
+                    f"param device_ids must be a list of 1 to {MAX_DEVICE_IDS} non-empty device id strings"
+                )
+            device_ids = tuple(dict.fromkeys(device_ids))
+        return cls(dry_run=dry_run, lookback_minutes=lookback, device_ids=device_ids)
+
+
 def window_end_of(dag_run: Any) -> datetime:
     """The run's window end: its data_interval_end, or run_after for a run triggered without a logical date."""
     end: datetime | None = dag_run.data_interval_end or dag_run.run_after
@@ -52,12 +93,30 @@ def window_end_of(dag_run: Any) -> datetime:
     return end
 
 
-def run_window(dag_run: Any, settings: Settings) -> sync.Window:
-    return sync.Window.ending_at(window_end_of(dag_run), settings.lookback_minutes)
+def run_window(dag_run: Any, settings: Settings, options: RunOptions | None = None) -> sync.Window:
+    lookback = (options.lookback_minutes if options else None) or settings.lookback_minutes
+    return sync.Window.ending_at(window_end_of(dag_run), lookback)
 
 
 def staging_of(dag_run: Any, settings: Settings) -> sync.StagingTables:
     return sync.StagingTables.for_run(settings.staging_schema, dag_run.dag_id, dag_run.run_id)
+
+
+def run_record(context: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    """The run's identity for the run history: ids, logical date, window, options."""
+    dag_run = context["dag_run"]
+    options = RunOptions.from_params(context.get("params"))
+    window = run_window(dag_run, settings, options)
+    return {
+        "run_id": dag_run.run_id,
+        "dag_id": dag_run.dag_id,
+        "logical_date": dag_run.logical_date,
+        "window_start": window.start,
+        "window_end": window.end,
+        "started_at": dag_run.start_date,
+        "dry_run": options.dry_run,
+        "device_scope": len(options.device_ids) if options.device_ids is not None else None,
+    }
 
 
 @contextmanager
@@ -76,43 +135,80 @@ def connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
         conn.close()
 
 
-def _step(name: str, dag_run: Any, **kwargs: Any) -> dict[str, Any]:
+def _step(name: str, context: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
     settings = load_settings()
-    staging = staging_of(dag_run, settings)
+    staging = staging_of(context["dag_run"], settings)
     started = time.monotonic()
-    with connection(settings) as conn:
-        summary: dict[str, Any] = getattr(sync, name)(conn, settings, staging, **kwargs)
+    try:
+        with connection(settings) as conn:
+            summary: dict[str, Any] = getattr(sync, name)(conn, settings, staging, **kwargs)
+    except Exception as error:
+        record_failure(context, settings, f"{name}: {error}")
+        raise
     summary[f"{name}_seconds"] = round(time.monotonic() - started, 3)
     log.info("%s: %s", name, summary)
     return summary
 
 
+def record_failure(context: Mapping[str, Any], settings: Settings, message: str, keep_error: bool = False) -> None:
+    """Best effort: mark the run failed in the run history (the database may be the thing that failed)."""
+    try:
+        run = {**run_record(context, settings), "error": message[:2000]}
+        with connection(settings) as conn:
+            sync.record_failure(conn, settings, staging_of(context["dag_run"], settings), run, keep_error)
+    except Exception as error:  # the original error matters more than this one
+        log.warning("Could not record the failure in the run history: %s", error)
+
+
 def discover_active_devices(**context: Any) -> dict[str, Any]:
     """Stage the active devices (status IS TRUE) of iot_data.redshift_devices; count skipped device rows."""
-    return _step("discover_active_devices", context["dag_run"])
+    options = RunOptions.from_params(context.get("params"))
+    log.info("Run options: %s", options)
+    return _step("discover_active_devices", context, device_ids=options.device_ids)
 
 
 def aggregate_recent_measurements(**context: Any) -> dict[str, Any]:
     """Stage the distinct (device, parameter) pairs active devices reported in the run's window."""
-    window = run_window(context["dag_run"], load_settings())
+    window = run_window(context["dag_run"], load_settings(), RunOptions.from_params(context.get("params")))
     log.info("Window: [%s, %s)", window.start.isoformat(), window.end.isoformat())
-    summary: dict[str, Any] = _step("aggregate_recent_measurements", context["dag_run"], window=window)
+    summary: dict[str, Any] = _step("aggregate_recent_measurements", context, window=window)
     return {**summary, "window_start": window.start.isoformat(), "window_end": window.end.isoformat()}
 
 
 def resolve_parameter_names(**context: Any) -> dict[str, Any]:
     """Name the observed pairs from the device and parameter tables; unnameable pairs are skipped, counted."""
-    return _step("resolve_parameter_names", context["dag_run"])
+    return _step("resolve_parameter_names", context)
 
 
 def compute_delta(**context: Any) -> dict[str, Any]:
     """Stage the inserts, updates and deletes that would bring iot_data.device_parameters up to date."""
-    return _step("compute_delta", context["dag_run"])
+    options = RunOptions.from_params(context.get("params"))
+    return _step("compute_delta", context, device_ids=options.device_ids)
 
 
 def apply_changes(**context: Any) -> dict[str, Any]:
-    """Apply the delta in one transaction under the writers' lock; unchanged rows are not written."""
-    return _step("apply_changes", context["dag_run"])
+    """Apply the delta, its change log and the run's history row in one transaction under the writers' lock.
+
+    A dry run (param dry_run) records the delta in the run history and changes nothing else.
+    """
+    settings = load_settings()
+    options = RunOptions.from_params(context.get("params"))
+    earlier = [context["ti"].xcom_pull(task_ids=task_id) or {} for task_id in STEP_TASK_IDS[:3]]
+    run = {
+        **run_record(context, settings),
+        "active_devices": earlier[0].get("active_devices"),
+        "observed_pairs": earlier[1].get("observed_pairs"),
+        "skipped": sync.skipped_total(*earlier),
+        "skipped_by_reason": sync.skipped_by_reason(*earlier),
+    }
+    counts = _step("apply_changes", context, run=run, device_ids=options.device_ids, dry_run=options.dry_run)
+    if options.dry_run:  # nothing was written: report what would have been, publish zero changes
+        counts = (
+            {f"would_have_{key}": counts.pop(key) for key in ("inserted", "updated", "deleted") if key in counts}
+            | counts
+            | {"inserted": 0, "updated": 0, "deleted": 0}
+        )
+    return {**counts, "dry_run": options.dry_run}
 
 
 def run_summary(ti: Any, dag_run: Any) -> dict[str, Any]:
@@ -134,6 +230,8 @@ def publish_metrics(**context: Any) -> dict[str, Any]:
     settings = load_settings()
     summary = run_summary(context["ti"], context["dag_run"])
     log.info("Run summary: %s", summary)
+    if not summary["success"]:  # again, in case the database was down when the step failed
+        record_failure(context, settings, "a step failed: see the task logs of this run", keep_error=True)
     metrics.publish(
         summary, aws_conn_id=settings.aws_conn_id, namespace=settings.cloudwatch_namespace, stage=settings.stage
     )
