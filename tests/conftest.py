@@ -132,3 +132,31 @@ def moto_server() -> Iterator[str]:
     )
     yield endpoint
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def airflow_stack(moto_server: str) -> Iterator[Any]:
+    """A real Airflow (api-server, scheduler, dag-processor; LocalExecutor) on a free loopback port, with a
+    PostgreSQL metadata database and an IoT data database of its own; stopped and dropped at the end."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from airflow_stack import AirflowStack, recreate_database
+
+    suffix = uuid.uuid4().hex[:8]
+    data_url = recreate_database(ADMIN_URL, f"device_sync_test_stack_data_{suffix}")
+    stack = AirflowStack(
+        home=Path(tempfile.mkdtemp(prefix="device-sync-stack-")),
+        data_url=data_url,
+        admin_url=ADMIN_URL,
+        metadata_db=f"device_sync_test_stack_meta_{suffix}",
+        components=("api-server", "scheduler", "dag-processor"),
+        extra_env={"AIRFLOW_CONN_AWS_DEFAULT": os.environ["AIRFLOW_CONN_AWS_DEFAULT"]},
+    )
+    try:
+        stack.prepare()
+        stack.start(timeout=180)
+        yield stack
+    finally:
+        stack.stop()
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            for name in (stack.metadata_db, f"device_sync_test_stack_data_{suffix}"):
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -104,9 +104,12 @@ Offset = Annotated[int, Query(ge=0)]
 
 def _page(statement: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
     settings = load_settings()
-    with _connect(settings, 10) as conn, db.transaction(conn, 10) as cur:
-        cur.execute(db.compose(f"{SQL}{statement}", _tables(settings)), params)
-        rows = [_jsonable(row) for row in cur.fetchall()]
+    try:
+        with _connect(settings, 10) as conn, db.transaction(conn, 10) as cur:
+            cur.execute(db.compose(f"{SQL}{statement}", _tables(settings)), params)
+            rows = [_jsonable(row) for row in cur.fetchall()]
+    except psycopg.errors.UndefinedTable:  # no run has created the history yet
+        return [], 0
     total = int(rows[0].pop("total")) if rows else 0
     for row in rows[1:]:
         row.pop("total")
