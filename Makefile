@@ -10,7 +10,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 VENV := $(CURDIR)/.venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: venv demo test lint lock clean
+.PHONY: venv demo test lint lock clean airflow airflow-stop deploy-monitoring
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,17 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(UV)
 demo: venv
 	$(VENV)/bin/python scripts/demo.py
 
+# A real local Airflow (api-server, scheduler, dag-processor, triggerer) on http://127.0.0.1:8080.
+airflow: venv
+	$(VENV)/bin/python scripts/airflow_stack.py start
+
+airflow-stop: venv
+	$(VENV)/bin/python scripts/airflow_stack.py stop
+
+# CloudWatch alarms and dashboard of DEVICE_SYNC_STAGE through the Airflow connection aws_default.
+deploy-monitoring: venv
+	$(VENV)/bin/python scripts/deploy_monitoring.py
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -40,4 +51,4 @@ lock: | $(UV)
 	$(UV) pip compile --quiet --python-version $(PYTHON_VERSION) requirements-dev.in -c requirements.txt -o requirements-dev.txt
 
 clean:
-	rm -rf $(VENV) .tools .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .tools .demo .airflow .pytest_cache .mypy_cache .ruff_cache .hypothesis
