@@ -204,6 +204,8 @@ def apply_changes(
     """
     identifiers = staging.identifiers(settings)
     run = run or {"run_id": staging.run_key, "dag_id": "device_parameter_sync"}
+    # A run that does not say when it started started no later than now (never after its finished_at).
+    run = {**run, "started_at": run.get("started_at") or datetime.now(UTC)}
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
         db.run(cur, db.load_sql(f"{SQL}lock_target.sql"))
         _rebuild(cur, "delta", staging, settings, _scope(device_ids))
@@ -292,6 +294,7 @@ def sync_once(
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """All steps in order, as the DAG runs them; for tests, the demo and the benchmark."""
+    started_at = datetime.now(UTC)
     try:
         devices = discover_active_devices(conn, settings, staging, device_ids)
         pairs = aggregate_recent_measurements(conn, settings, staging, window)
@@ -302,6 +305,7 @@ def sync_once(
             "dag_id": "device_parameter_sync",
             "window_start": window.start,
             "window_end": window.end,
+            "started_at": started_at,
             "device_scope": len(device_ids) if device_ids is not None else None,
             "active_devices": devices["active_devices"],
             "observed_pairs": pairs["observed_pairs"],
