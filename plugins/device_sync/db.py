@@ -9,6 +9,7 @@ parameters.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
@@ -16,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import tenacity
 from psycopg import sql
+
+log = logging.getLogger(__name__)
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "include" / "sql"
 
@@ -32,8 +36,33 @@ def compose(name: str, identifiers: Mapping[str, sql.Composable]) -> sql.Compose
     return sql.SQL(load_sql(name)).format(**identifiers)  # type: ignore[arg-type]
 
 
-def connect(conn_id: str, connect_timeout: int | None = None) -> psycopg.Connection[Any]:
-    """Open a psycopg 3 connection from the Airflow connection ``conn_id`` (extras are honoured)."""
+def connect(conn_id: str, connect_timeout: int | None = None, attempts: int = 1) -> psycopg.Connection[Any]:
+    """Open a psycopg 3 connection from the Airflow connection ``conn_id`` (extras are honoured).
+
+    With ``attempts`` > 1 a refused or failed connection is retried with exponential backoff (1, 2, 4 … s,
+    at most 30 s apart), each failure logged, so a database restart does not cost a whole task retry.
+    """
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential(multiplier=1, min=1, max=30),
+        retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
+        before_sleep=lambda state: log.warning(
+            "Connecting to PostgreSQL (connection %s) failed, attempt %d of %d, retrying in %.0f s: %s",
+            conn_id,
+            state.attempt_number,
+            attempts,
+            state.next_action.sleep if state.next_action else 0,
+            state.outcome.exception() if state.outcome else "?",
+        ),
+        reraise=True,
+    )
+    for attempt in retrying:
+        with attempt:
+            return _connect_once(conn_id, connect_timeout)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _connect_once(conn_id: str, connect_timeout: int | None) -> psycopg.Connection[Any]:
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     hook = PostgresHook(postgres_conn_id=conn_id)

@@ -45,6 +45,7 @@ PERMANENT_ERRORS = (
 )
 
 
+CONNECT_ATTEMPTS = 5  # about 15 s of backoff before the task itself fails and Airflow retries it
 MAX_DEVICE_IDS = 10_000
 MAX_LOOKBACK_MINUTES = 60 * 24 * 31
 
@@ -124,12 +125,18 @@ def connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
     """A connection to the IoT database; permanent SQL errors fail the task at once, without retries."""
     from device_sync import db
 
-    conn = db.connect(settings.postgres_conn_id)
+    conn = db.connect(settings.postgres_conn_id, connect_timeout=10, attempts=CONNECT_ATTEMPTS)
     try:
         yield conn
     except PERMANENT_ERRORS as error:
         raise AirflowFailException(
             f"{type(error).__name__}: {error} (not retried: fix the database or the configuration)"
+        ) from error
+    except psycopg.errors.QueryCanceled as error:
+        raise AirflowFailException(
+            f"A statement ran longer than DEVICE_SYNC_STATEMENT_TIMEOUT_SECONDS={settings.statement_timeout_seconds}"
+            f" and was cancelled; nothing of this step was written. Raise the timeout or look for a missing"
+            f" index or a lock ({error})"
         ) from error
     finally:
         conn.close()
