@@ -27,6 +27,18 @@ The wall clock never chooses the window: `airflow dags test device_parameter_syn
 - `dry_run`: compute the delta and record it in the run history (`applied = false`); change nothing.
 - `lookback_minutes`: window length for this run only.
 - `device_ids`: limit the run to these devices; nothing outside them is inserted or deleted.
+- `allow_mass_delete`: accept, for this run, what the mass-delete and stale-measurements guards block.
+- `force_apply`: apply a window older than the newest applied one.
+
+## Guards (the run changes nothing when one trips)
+- Mass delete: more than `DEVICE_SYNC_MAX_DELETE_FRACTION` (0.25) of a table of at least
+  `DEVICE_SYNC_MASS_DELETE_MIN_ROWS` (100) rows would be deleted: `apply_changes` fails, not retried,
+  metric `MassDeleteBlocked=1`. Check the sources; if right, trigger with `allow_mass_delete`.
+- Stale measurements: no measurement of any active device in the window while the table is not empty:
+  `apply_changes` fails with "measurements are stale" and the newest measurement time. Fix the pipeline.
+- Forward only: a run whose window ends before the newest applied window (backfills, late retries)
+  records its delta in the run history and applies nothing (`OlderWindowNotApplied=1`); `force_apply`
+  overrides.
 
 ## When a task fails
 - Retries (exponential backoff) cover transient faults. Errors a retry cannot fix (missing table or
@@ -64,6 +76,20 @@ settings = load_settings()
             type="boolean",
             title="Dry run",
             description="Compute the delta and record it in the run history; change nothing in the table.",
+        ),
+        "allow_mass_delete": Param(
+            False,
+            type="boolean",
+            title="Allow mass delete",
+            description="Accept, for this run only, more deletes than DEVICE_SYNC_MAX_DELETE_FRACTION allows "
+            "(and an empty window while the table is not). Use after checking the sources.",
+        ),
+        "force_apply": Param(
+            False,
+            type="boolean",
+            title="Force apply",
+            description="Apply even though the window ends before the newest applied one (backfills and late "
+            "retries only record their delta otherwise).",
         ),
         "lookback_minutes": Param(
             None,

@@ -144,6 +144,8 @@ SUMMARY_KEYS = {
     "updated",
     "deleted",
     "skipped",
+    "applied",
+    "guard",
 }
 
 
@@ -627,6 +629,8 @@ def test_summary_counts_of_a_batch_with_every_kind_of_bad_data(conn: psycopg.Con
         "updated": 0,
         "deleted": 0,
         "skipped": 1 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1,
+        "applied": True,
+        "guard": None,
     }
     assert target(conn) == {("d1", "p1"): ("Device 1", "Temp")}
 
@@ -833,7 +837,7 @@ def test_apply_changes_waits_for_the_writers_lock_then_applies_what_is_still_nee
     assert not worker.is_alive(), "apply_changes did not finish after the lock was released"
     assert "error" not in outcome, outcome.get("error")
     # The delta was recomputed after the lock: the other writer's rows are updated and deleted.
-    assert outcome["result"] == {"inserted": 1, "updated": 1, "deleted": 1}
+    assert outcome["result"] == {"inserted": 1, "updated": 1, "deleted": 1, "applied": True, "guard": None}
     assert target(conn) == {("d1", "p1"): ("Device 1", "Temp"), ("d1", "p2"): ("Device 1", "Volt")}
     sync.drop_staging(conn, settings, staging)
 
@@ -898,8 +902,8 @@ def test_apply_changes_twice_applies_nothing_the_second_time(conn: psycopg.Conne
     xmins = target_xmins(conn)
     second = sync.apply_changes(conn, settings, staging)
 
-    assert first == {"inserted": 1, "updated": 1, "deleted": 1}
-    assert second == {"inserted": 0, "updated": 0, "deleted": 0}
+    assert first == {"inserted": 1, "updated": 1, "deleted": 1, "applied": True, "guard": None}
+    assert second == {"inserted": 0, "updated": 0, "deleted": 0, "applied": True, "guard": None}
     assert target_xmins(conn) == xmins
     assert target(conn) == {("d1", "p1"): ("Device 1", "Temp"), ("d1", "p2"): ("Device 1", "Volt")}
     sync.drop_staging(conn, settings, staging)

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     history_retention_days: int = Field(
         30, ge=1, le=3650, description="Days of run history and change log kept in the database."
     )
+    max_delete_fraction: float = Field(
+        0.25, gt=0, le=1, description="Largest share of the table one run may delete before the guard blocks it."
+    )
+    mass_delete_min_rows: int = Field(
+        100, ge=0, description="The mass-delete guard only applies once the table holds this many rows."
+    )
     health_max_age_minutes: int | None = Field(
         None, ge=1, description="Age of the last applied sync after which /health answers 503 (default: 3 intervals)."
     )

@@ -174,8 +174,21 @@ def compute_delta(
 HISTORY_FIELDS = (
     "run_id", "dag_id", "logical_date", "window_start", "window_end", "started_at", "finished_at", "status",
     "dry_run", "applied", "device_scope", "active_devices", "observed_pairs", "inserted", "deleted", "updated",
-    "skipped", "skipped_by_reason", "error",
+    "skipped", "skipped_by_reason", "error", "guard",
 )  # fmt: skip
+
+MASS_DELETE = "mass_delete"
+STALE_MEASUREMENTS = "stale_measurements"
+OLDER_WINDOW = "older_window"
+GUARDS = (MASS_DELETE, STALE_MEASUREMENTS, OLDER_WINDOW)
+
+
+class GuardTripped(Exception):
+    """A safety guard refused to apply this run's changes; nothing was written. Retrying will not help."""
+
+    def __init__(self, guard: str, message: str) -> None:
+        super().__init__(message)
+        self.guard = guard
 
 
 def _record_run(cur: psycopg.Cursor[Any], staging: StagingTables, settings: Settings, fields: dict[str, Any]) -> None:
@@ -195,12 +208,15 @@ def apply_changes(
     run: dict[str, Any] | None = None,
     device_ids: Sequence[str] | None = None,
     dry_run: bool = False,
+    allow_mass_delete: bool = False,
+    force_apply: bool = False,
 ) -> dict[str, Any]:
     """Apply the delta, its change log and the run's history row in one transaction, under the writers' lock.
 
     The delta is recomputed after the lock is taken, so a run that waited for another one applies
     exactly what is still needed; a retry after a failure applies what the failed attempt did not.
-    A dry run records the delta's counts in the history and changes nothing else.
+    Before anything is written the guards run (see :func:`check_guards`). A dry run, and a run whose window
+    ends before the newest applied one (a backfill), record the delta's counts and change nothing else.
     """
     identifiers = staging.identifiers(settings)
     run = run or {"run_id": staging.run_key, "dag_id": "device_parameter_sync"}
@@ -209,7 +225,10 @@ def apply_changes(
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
         db.run(cur, db.load_sql(f"{SQL}lock_target.sql"))
         _rebuild(cur, "delta", staging, settings, _scope(device_ids))
-        if dry_run:
+        guard = (
+            None if dry_run else check_guards(cur, settings, staging, run, device_ids, allow_mass_delete, force_apply)
+        )
+        if dry_run or guard == OLDER_WINDOW:
             would = _summary(cur, "compute_delta", staging, settings)
             counts = {"inserted": would["inserts"], "updated": would["updates"], "deleted": would["deletes"]}
         else:
@@ -219,14 +238,73 @@ def apply_changes(
                 "inserted": db.run(cur, db.compose(f"{SQL}apply_inserts.sql", identifiers)),
             }
             db.run(cur, db.compose(f"{SQL}record_changes.sql", identifiers), {"run_id": run["run_id"]})
-        finished = {"status": "success", "dry_run": dry_run, "applied": not dry_run, "error": None}
+        applied = not dry_run and guard is None
+        finished = {"status": "success", "dry_run": dry_run, "applied": applied, "error": None, "guard": guard}
         _record_run(cur, staging, settings, {**run, **counts, **finished, "finished_at": datetime.now(UTC)})
-        db.run(
-            cur,
-            db.compose(f"{SQL}prune_history.sql", identifiers),
-            {"retention_days": settings.history_retention_days},
+        if applied:
+            db.run(
+                cur,
+                db.compose(f"{SQL}prune_history.sql", identifiers),
+                {"retention_days": settings.history_retention_days},
+            )
+    return {**counts, "applied": applied, "guard": guard}
+
+
+def check_guards(
+    cur: psycopg.Cursor[Any],
+    settings: Settings,
+    staging: StagingTables,
+    run: dict[str, Any],
+    device_ids: Sequence[str] | None,
+    allow_mass_delete: bool,
+    force_apply: bool,
+) -> str | None:
+    """The safety guards, checked under the writers' lock against the delta about to be applied.
+
+    - forward only: a run whose window ends before the newest applied window returns ``older_window``
+      (record, do not apply) unless ``force_apply``;
+    - stale measurements: no pair at all observed for any active device while the table (within the run's
+      device scope) is not empty raises :class:`GuardTripped`, unless ``allow_mass_delete``;
+    - mass delete: deleting more than ``max_delete_fraction`` of a table of at least ``mass_delete_min_rows``
+      rows raises :class:`GuardTripped`, unless ``allow_mass_delete``.
+    """
+    state = db.fetch_one_dict(
+        cur, db.compose(f"{SQL}guard_state.sql", staging.identifiers(settings)), _scope(device_ids)
+    )
+    window_end = run.get("window_end")
+    newest = state["newest_applied_window_end"]
+    if not force_apply and newest is not None and window_end is not None and window_end < newest:
+        log.warning(
+            "Window end %s is older than the newest applied window end %s: recording the delta, not applying it "
+            "(trigger with force_apply to apply an older window).",
+            window_end,
+            newest,
         )
-    return counts
+        return OLDER_WINDOW
+    if allow_mass_delete:
+        return None
+    if state["observed_pairs"] == 0 and state["scoped_rows"] > 0:
+        newest_measurement = db.fetch_one_dict(
+            cur, db.compose(f"{SQL}newest_measurement.sql", staging.identifiers(settings))
+        )["newest"]
+        raise GuardTripped(
+            STALE_MEASUREMENTS,
+            f"measurements are stale: no measurement of any active device in the window "
+            f"[{run.get('window_start')}, {window_end}) while iot_data.device_parameters holds "
+            f"{state['scoped_rows']} rows; the newest measurement is from {newest_measurement}. Nothing was "
+            f"applied. Check the measurements pipeline; to empty the table on purpose, trigger with "
+            f'{{"allow_mass_delete": true}}.',
+        )
+    limit = settings.max_delete_fraction * state["table_rows"]
+    if state["table_rows"] >= settings.mass_delete_min_rows and state["deletes"] > limit:
+        raise GuardTripped(
+            MASS_DELETE,
+            f"mass delete blocked: this run would delete {state['deletes']} of {state['table_rows']} rows "
+            f"({state['deletes'] / state['table_rows']:.0%}), more than DEVICE_SYNC_MAX_DELETE_FRACTION="
+            f"{settings.max_delete_fraction:g}. Nothing was applied. Check GET /device-sync/changes and the "
+            f'sources; if the deletes are right, trigger a run with {{"allow_mass_delete": true}}.',
+        )
+    return None
 
 
 def record_failure(
@@ -292,6 +370,8 @@ def sync_once(
     run_id: str = "manual",
     device_ids: Sequence[str] | None = None,
     dry_run: bool = False,
+    allow_mass_delete: bool = False,
+    force_apply: bool = False,
 ) -> dict[str, Any]:
     """All steps in order, as the DAG runs them; for tests, the demo and the benchmark."""
     started_at = datetime.now(UTC)
@@ -312,7 +392,16 @@ def sync_once(
             "skipped": skipped_total(devices, pairs, names),
             "skipped_by_reason": skipped_by_reason(devices, pairs, names),
         }
-        applied = apply_changes(conn, settings, staging, run=run, device_ids=device_ids, dry_run=dry_run)
+        applied = apply_changes(
+            conn,
+            settings,
+            staging,
+            run=run,
+            device_ids=device_ids,
+            dry_run=dry_run,
+            allow_mass_delete=allow_mass_delete,
+            force_apply=force_apply,
+        )
     finally:
         drop_staging(conn, settings, staging)
     return {**devices, **pairs, **names, **delta, **applied, "skipped": run["skipped"]}

@@ -57,14 +57,17 @@ class RunOptions:
     dry_run: bool = False
     lookback_minutes: int | None = None
     device_ids: tuple[str, ...] | None = None
+    allow_mass_delete: bool = False
+    force_apply: bool = False
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> RunOptions:
         """Validate the params again in the task (they are also validated at trigger time); name the field."""
         params = params or {}
-        dry_run = params.get("dry_run", False)
-        if not isinstance(dry_run, bool):
-            raise AirflowFailException(f"param dry_run must be true or false, got {dry_run!r}")
+        flags = {name: params.get(name, False) for name in ("dry_run", "allow_mass_delete", "force_apply")}
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise AirflowFailException(f"param {name} must be true or false, got {value!r}")
         lookback = params.get("lookback_minutes")
         if lookback is not None and (
             isinstance(lookback, bool) or not isinstance(lookback, int) or not 1 <= lookback <= MAX_LOOKBACK_MINUTES
@@ -83,7 +86,7 @@ class RunOptions:
                     f"param device_ids must be a list of 1 to {MAX_DEVICE_IDS} non-empty device id strings"
                 )
             device_ids = tuple(dict.fromkeys(device_ids))
-        return cls(dry_run=dry_run, lookback_minutes=lookback, device_ids=device_ids)
+        return cls(lookback_minutes=lookback, device_ids=device_ids, **flags)
 
 
 def window_end_of(dag_run: Any) -> datetime:
@@ -132,6 +135,8 @@ def connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
         raise AirflowFailException(
             f"{type(error).__name__}: {error} (not retried: fix the database or the configuration)"
         ) from error
+    except sync.GuardTripped as error:
+        raise AirflowFailException(str(error)) from error
     except psycopg.errors.QueryCanceled as error:
         raise AirflowFailException(
             f"A statement ran longer than DEVICE_SYNC_STATEMENT_TIMEOUT_SECONDS={settings.statement_timeout_seconds}"
@@ -150,17 +155,20 @@ def _step(name: str, context: Mapping[str, Any], **kwargs: Any) -> dict[str, Any
         with connection(settings) as conn:
             summary: dict[str, Any] = getattr(sync, name)(conn, settings, staging, **kwargs)
     except Exception as error:
-        record_failure(context, settings, f"{name}: {error}")
+        guard = error.__cause__.guard if isinstance(error.__cause__, sync.GuardTripped) else None
+        record_failure(context, settings, f"{name}: {error}", guard=guard)
         raise
     summary[f"{name}_seconds"] = round(time.monotonic() - started, 3)
     log.info("%s: %s", name, summary)
     return summary
 
 
-def record_failure(context: Mapping[str, Any], settings: Settings, message: str, keep_error: bool = False) -> None:
+def record_failure(
+    context: Mapping[str, Any], settings: Settings, message: str, keep_error: bool = False, guard: str | None = None
+) -> None:
     """Best effort: mark the run failed in the run history (the database may be the thing that failed)."""
     try:
-        run = {**run_record(context, settings), "error": message[:2000]}
+        run = {**run_record(context, settings), "error": message[:2000], "guard": guard}
         with connection(settings) as conn:
             sync.record_failure(conn, settings, staging_of(context["dag_run"], settings), run, keep_error)
     except Exception as error:  # the original error matters more than this one
@@ -225,6 +233,9 @@ def run_summary(ti: Any, dag_run: Any) -> dict[str, Any]:
     for step_summary in step_summaries.values():
         summary.update(step_summary)
     summary["success"] = 1 if step_summaries["apply_changes"] else 0
+    guard = step_summaries["apply_changes"].get("guard") or ti.xcom_pull(task_ids="apply_changes", key="guard")
+    for name in sync.GUARDS:
+        summary[f"guard_{name}"] = 1 if guard == name else 0
     if step_summaries["resolve_parameter_names"]:
         summary["skipped"] = sync.skipped_total(*step_summaries.values())
     # Time spent in the steps themselves, not in queues between them (comparable across executors).

@@ -19,7 +19,9 @@ CREATE TABLE IF NOT EXISTS {run_history} (
     updated INTEGER,
     skipped INTEGER,
     skipped_by_reason JSONB,
-    error TEXT
+    error TEXT,
+    -- the safety guard that kept this run from applying: mass_delete, stale_measurements, older_window
+    guard TEXT
 );
 -- The health check's one query: the newest successful applied sync.
 CREATE INDEX IF NOT EXISTS run_history_last_applied_idx

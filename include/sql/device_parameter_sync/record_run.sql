@@ -2,12 +2,12 @@
 INSERT INTO {run_history} AS h (
     run_id, dag_id, logical_date, window_start, window_end, started_at, finished_at, status, dry_run,
     applied, device_scope, active_devices, observed_pairs, inserted, deleted, updated, skipped,
-    skipped_by_reason, error)
+    skipped_by_reason, error, guard)
 VALUES (
     %(run_id)s, %(dag_id)s, %(logical_date)s, %(window_start)s, %(window_end)s, %(started_at)s,
     %(finished_at)s, %(status)s, %(dry_run)s, %(applied)s, %(device_scope)s, %(active_devices)s,
     %(observed_pairs)s, %(inserted)s, %(deleted)s, %(updated)s, %(skipped)s, %(skipped_by_reason)s,
-    %(error)s)
+    %(error)s, %(guard)s)
 ON CONFLICT (run_id) DO UPDATE SET
     logical_date = EXCLUDED.logical_date,
     window_start = coalesce(EXCLUDED.window_start, h.window_start),
@@ -24,4 +24,5 @@ ON CONFLICT (run_id) DO UPDATE SET
     updated = EXCLUDED.updated,
     skipped = coalesce(EXCLUDED.skipped, h.skipped),
     skipped_by_reason = coalesce(EXCLUDED.skipped_by_reason, h.skipped_by_reason),
-    error = EXCLUDED.error;
+    error = EXCLUDED.error,
+    guard = EXCLUDED.guard;
