@@ -174,3 +174,23 @@ def test_bad_configuration_shows_in_airflow_dags_list_import_errors(airflow_db: 
     assert airflow_cli("dags", "reserialize").returncode == 0
     listed = airflow_cli("dags", "list-import-errors", "-o", "json")
     assert json.loads(listed.stdout.strip().splitlines()[-1]) == []
+
+
+def test_trigger_form_params_have_types_bounds_and_descriptions(dag: Any) -> None:
+    params = dag.params
+    assert set(params) == {"dry_run", "lookback_minutes", "device_ids", "allow_mass_delete", "force_apply"}
+    for name in params:
+        param = params.get_param(name)
+        assert param.description and param.schema.get("title"), name
+    assert params.get_param("dry_run").schema["type"] == "boolean"
+    assert params.get_param("lookback_minutes").schema["minimum"] == 1
+    assert params.get_param("lookback_minutes").schema["maximum"] == 44640
+    assert params.get_param("device_ids").schema["maxItems"] == 10_000
+    assert params.get_param("device_ids").schema["minItems"] == 1
+    assert {name: params[name] for name in params} == {
+        "dry_run": False,
+        "lookback_minutes": None,
+        "device_ids": None,
+        "allow_mass_delete": False,
+        "force_apply": False,
+    }

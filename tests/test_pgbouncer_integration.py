@@ -216,7 +216,10 @@ def test_concurrent_syncs_through_pgbouncer_serialize(through_pgbouncer: str, co
             thread.start()
         deadline = time.monotonic() + 30
         with psycopg.connect(conn.info.dsn, autocommit=True) as observer:
-            waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            waiting = (
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
             while observer.execute(waiting).fetchone() != (2,):
                 assert not failures, failures
                 assert time.monotonic() < deadline, "the two syncs never both waited for the writers' lock"

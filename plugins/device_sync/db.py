@@ -71,6 +71,10 @@ def _connect_once(conn_id: str, connect_timeout: int | None) -> psycopg.Connecti
     conn = hook.get_conn()
     if not isinstance(conn, psycopg.Connection):
         raise RuntimeError("device-sync needs psycopg 3 (install psycopg[binary] beside the postgres provider)")
+    if "prepare_threshold" not in hook.connection.extra_dejson:
+        # No server-side prepared statements (psycopg prepares a query run 5 times): they are session state,
+        # which PgBouncer in transaction pooling mode (before 1.21) does not carry between server connections.
+        conn.prepare_threshold = None
     return conn
 
 

@@ -331,6 +331,19 @@ def record_failure(
         )
 
 
+def recorded_guard(
+    conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables, run_id: str
+) -> str | None:
+    """The guard recorded in the run history for ``run_id``, if any."""
+    with db.transaction(conn, settings.statement_timeout_seconds) as cur:
+        statement = sql.SQL("SELECT guard FROM {} WHERE run_id = %(run_id)s").format(
+            staging.identifiers(settings)["run_history"]
+        )
+        cur.execute(statement, {"run_id": run_id})
+        row = cur.fetchone()
+    return str(row[0]) if row and row[0] else None
+
+
 def drop_staging(conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables) -> None:
     """Drop this run's staging tables (missing ones are fine)."""
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:

@@ -216,14 +216,30 @@ def apply_changes(**context: Any) -> dict[str, Any]:
         "skipped": sync.skipped_total(*earlier),
         "skipped_by_reason": sync.skipped_by_reason(*earlier),
     }
-    counts = _step("apply_changes", context, run=run, device_ids=options.device_ids, dry_run=options.dry_run)
-    if options.dry_run:  # nothing was written: report what would have been, publish zero changes
-        counts = (
-            {f"would_have_{key}": counts.pop(key) for key in ("inserted", "updated", "deleted") if key in counts}
-            | counts
-            | {"inserted": 0, "updated": 0, "deleted": 0}
-        )
+    counts = _step(
+        "apply_changes",
+        context,
+        run=run,
+        device_ids=options.device_ids,
+        dry_run=options.dry_run,
+        allow_mass_delete=options.allow_mass_delete,
+        force_apply=options.force_apply,
+    )
+    if not counts["applied"]:  # nothing was written: report what would have been, publish zero changes
+        would = {f"would_have_{key}": counts[key] for key in ("inserted", "updated", "deleted")}
+        counts = {**counts, **would, "inserted": 0, "updated": 0, "deleted": 0}
     return {**counts, "dry_run": options.dry_run}
+
+
+def recorded_guard(dag_run: Any) -> str | None:
+    """The guard that failed this run, as apply_changes recorded it in the run history (None if unknown)."""
+    settings = load_settings()
+    try:
+        with connection(settings) as conn:
+            return sync.recorded_guard(conn, settings, staging_of(dag_run, settings), dag_run.run_id)
+    except Exception as error:  # metrics must still go out when the database is down
+        log.warning("Could not read the run history: %s", error)
+        return None
 
 
 def run_summary(ti: Any, dag_run: Any) -> dict[str, Any]:
@@ -233,7 +249,7 @@ def run_summary(ti: Any, dag_run: Any) -> dict[str, Any]:
     for step_summary in step_summaries.values():
         summary.update(step_summary)
     summary["success"] = 1 if step_summaries["apply_changes"] else 0
-    guard = step_summaries["apply_changes"].get("guard") or ti.xcom_pull(task_ids="apply_changes", key="guard")
+    guard = step_summaries["apply_changes"].get("guard") or recorded_guard(dag_run)
     for name in sync.GUARDS:
         summary[f"guard_{name}"] = 1 if guard == name else 0
     if step_summaries["resolve_parameter_names"]:
