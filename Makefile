@@ -43,6 +43,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 test: lint
+	scripts/ensure_test_tools.sh
 	$(VENV)/bin/pytest
 
 # Re-pin every dependency after editing requirements.in / requirements-dev.in.

@@ -113,7 +113,7 @@ settings = load_settings()
     default_args={
         "owner": "iot-data-platform",
         "retries": settings.retries,
-        "retry_delay": timedelta(seconds=30),
+        "retry_delay": timedelta(seconds=settings.retry_delay_seconds),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=10),
         "execution_timeout": timedelta(minutes=settings.task_timeout_minutes),

@@ -71,6 +71,7 @@ class AirflowStack:
     extra_env: dict[str, str] = field(default_factory=dict)
     components: tuple[str, ...] = COMPONENTS
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    start_seconds: float = 0.0
 
     @property
     def base_url(self) -> str:

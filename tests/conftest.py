@@ -13,6 +13,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -134,29 +135,38 @@ def moto_server() -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def airflow_stack(moto_server: str) -> Iterator[Any]:
-    """A real Airflow (api-server, scheduler, dag-processor; LocalExecutor) on a free loopback port, with a
-    PostgreSQL metadata database and an IoT data database of its own; stopped and dropped at the end."""
+@contextmanager
+def running_airflow_stack(
+    components: tuple[str, ...] = ("api-server", "scheduler", "dag-processor"), **extra_env: str
+) -> Iterator[Any]:
+    """A real Airflow (LocalExecutor) on a free loopback port, with a PostgreSQL metadata database and an
+    IoT data database of its own; every process stopped and both databases dropped at the end."""
     sys.path.insert(0, str(REPO / "scripts"))
     from airflow_stack import AirflowStack, recreate_database
 
     suffix = uuid.uuid4().hex[:8]
-    data_url = recreate_database(ADMIN_URL, f"device_sync_test_stack_data_{suffix}")
+    data_db = f"device_sync_test_stack_data_{suffix}"
     stack = AirflowStack(
         home=Path(tempfile.mkdtemp(prefix="device-sync-stack-")),
-        data_url=data_url,
+        data_url=recreate_database(ADMIN_URL, data_db),
         admin_url=ADMIN_URL,
         metadata_db=f"device_sync_test_stack_meta_{suffix}",
-        components=("api-server", "scheduler", "dag-processor"),
-        extra_env={"AIRFLOW_CONN_AWS_DEFAULT": os.environ["AIRFLOW_CONN_AWS_DEFAULT"]},
+        components=components,
+        extra_env={"AIRFLOW_CONN_AWS_DEFAULT": os.environ["AIRFLOW_CONN_AWS_DEFAULT"], **extra_env},
     )
     try:
         stack.prepare()
-        stack.start(timeout=180)
+        stack.start_seconds = stack.start(timeout=180)
         yield stack
     finally:
         stack.stop()
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            for name in (stack.metadata_db, f"device_sync_test_stack_data_{suffix}"):
+            for name in (stack.metadata_db, data_db):
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def airflow_stack(moto_server: str) -> Iterator[Any]:
+    """The stack with the default (hourly) schedule, for one test module."""
+    with running_airflow_stack() as stack:
+        yield stack

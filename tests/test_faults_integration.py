@@ -169,7 +169,7 @@ class Worker(threading.Thread):
             self.error = error
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -662,8 +662,9 @@ def test_manual_sync_during_another_runs_apply_waits_for_it_then_applies_only_wh
             assert target(conn) == {("d2", "p2"): ("Old name", "Volt"), ("d9", "p1"): ("Ghost", "Temp")}
         finally:
             holder.rollback()
-            run_a.join(timeout=30)
-            run_b.join(timeout=30)
+            for worker in (run_a, run_b):
+                if worker.ident is not None:
+                    worker.join(timeout=30)
         assert not run_a.is_alive() and not run_b.is_alive()
 
     assert both_waiting

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     )
     task_timeout_minutes: int = Field(60, ge=1, le=24 * 60, description="Airflow execution_timeout of each task.")
     retries: int = Field(3, ge=0, le=20, description="Airflow retries of each task (exponential backoff).")
+    retry_delay_seconds: int = Field(
+        30, ge=1, le=3600, description="First retry delay of a task; it doubles per retry, at most 10 minutes."
+    )
     cloudwatch_namespace: str = Field(
         "IoT/DeviceParameterSync", min_length=1, max_length=255, description="CloudWatch namespace of the metrics."
     )

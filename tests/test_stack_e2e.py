@@ -1,0 +1,234 @@
+"""End to end against a real local Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor)
+with a one-minute schedule: scheduled runs, backfills run by the scheduler, the health endpoint, and a
+worker killed with SIGKILL in the middle of apply_changes. Every wait is bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psutil
+import psycopg
+import pytest
+
+from conftest import running_airflow_stack
+from device_sync.demo import load_demo_fleet
+
+DAG_ID = "device_parameter_sync"
+
+
+@pytest.fixture(scope="module")
+def stack(moto_server: str) -> Iterator[Any]:
+    with running_airflow_stack(
+        ("api-server", "scheduler", "dag-processor", "triggerer"),
+        DEVICE_SYNC_SCHEDULE="* * * * *",
+        DEVICE_SYNC_LOOKBACK_MINUTES="1440",
+        DEVICE_SYNC_RETRY_DELAY_SECONDS="3",
+    ) as stack:
+        print(f"\nlocal Airflow stack healthy after {stack.start_seconds:.0f} s")
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def token(stack: Any) -> str:
+    return str(stack.token("admin"))
+
+
+@pytest.fixture(scope="module")
+def data(stack: Any) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(stack.data_url, autocommit=True) as conn:
+        load_demo_fleet(conn, datetime.now(UTC).replace(second=0, microsecond=0), devices=60, parameters=20)
+        yield conn
+
+
+def set_paused(stack: Any, token: str, paused: bool) -> None:
+    deadline = time.monotonic() + 90
+    while True:  # the dag-processor must have parsed the DAG first
+        status, _ = stack.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": paused}, token=token)
+        if status == 200:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("the DAG never appeared in the api-server")
+        time.sleep(2)
+
+
+def runs(stack: Any, token: str, run_type: str) -> list[dict[str, Any]]:
+    _, body = stack.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?run_type={run_type}&order_by=run_after", token=token)
+    return list(body.get("dag_runs", []))
+
+
+def wait_until(condition: Any, timeout: float, what: str, interval: float = 2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"{what} (after {timeout:.0f} s)")
+
+
+def wait_idle(stack: Any, token: str, timeout: float = 180) -> None:
+    """Until no run of the DAG is queued or running."""
+
+    def idle() -> bool:
+        _, body = stack.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?state=queued&state=running", token=token)
+        return body.get("total_entries", 1) == 0
+
+    wait_until(idle, timeout, "runs still active")
+
+
+def test_scheduled_runs_happen_on_their_own_and_the_health_endpoint_follows(
+    stack: Any, token: str, data: psycopg.Connection[Any]
+) -> None:
+    started = datetime.now(UTC)
+    set_paused(stack, token, False)
+    try:
+        scheduled = wait_until(
+            lambda: [run for run in runs(stack, token, "scheduled") if run["state"] == "success"],
+            240,
+            "no scheduled run succeeded",
+        )
+    finally:
+        set_paused(stack, token, True)
+    wait_idle(stack, token)
+    assert scheduled[0]["dag_run_id"].startswith("scheduled__")
+    history = data.execute(
+        "SELECT status, applied, inserted + deleted + updated, started_at FROM device_sync.run_history "
+        "WHERE run_id = %s",
+        (scheduled[0]["dag_run_id"],),
+    ).fetchone()
+    assert history is not None
+    assert history[:2] == ("success", True)
+    applied = data.execute("SELECT count(*) FROM device_sync.change_log").fetchone()
+    assert applied is not None and applied[0] > 0
+    assert history[3] >= started - timedelta(minutes=1)
+
+    status, body = stack.request("GET", "/device-sync/health")
+    assert status == 200, body
+    data.execute("UPDATE device_sync.run_history SET finished_at = finished_at - interval '1 day'")
+    status, body = stack.request("GET", "/device-sync/health")
+    assert status == 503 and body["reason"].startswith("stale")
+    data.execute("UPDATE device_sync.run_history SET finished_at = finished_at + interval '1 day'")
+
+
+def test_a_backfill_runs_oldest_first_records_history_and_does_not_move_the_table_back(
+    stack: Any, token: str, data: psycopg.Connection[Any]
+) -> None:
+    wait_idle(stack, token)
+    before = set(data.execute("SELECT *, xmin::text FROM iot_data.device_parameters"))
+    newest_applied = data.execute(
+        "SELECT max(window_end) FROM device_sync.run_history WHERE applied AND status = 'success'"
+    ).fetchone()
+    assert newest_applied is not None and newest_applied[0] is not None
+    start = (newest_applied[0] - timedelta(minutes=30)).replace(second=0, microsecond=0)
+    end = start + timedelta(minutes=2)  # three fire times of a one-minute cron, both ends included
+    set_paused(stack, token, False)  # backfills run through the scheduler, on an unpaused DAG
+    try:
+        stack.airflow(
+            "backfill",
+            "create",
+            "--dag-id",
+            DAG_ID,
+            "--from-date",
+            start.isoformat(),
+            "--to-date",
+            end.isoformat(),
+            "--max-active-runs",
+            "1",
+        )
+        backfill = wait_until(
+            lambda: (
+                (found := runs(stack, token, "backfill"))
+                and len(found) == 3
+                and all(run["state"] in ("success", "failed") for run in found)
+                and found
+            ),
+            300,
+            "the backfill did not finish three runs",
+        )
+    finally:
+        set_paused(stack, token, True)
+    wait_idle(stack, token)
+
+    assert [run["state"] for run in backfill] == ["success"] * 3
+    started = sorted(backfill, key=lambda run: run["start_date"])
+    assert [run["logical_date"] for run in started] == sorted(run["logical_date"] for run in backfill)  # oldest first
+    rows = data.execute(
+        "SELECT applied, guard FROM device_sync.run_history WHERE run_id = ANY(%s)",
+        ([run["dag_run_id"] for run in backfill],),
+    ).fetchall()
+    assert rows == [(False, "older_window")] * 3
+    after = set(data.execute("SELECT *, xmin::text FROM iot_data.device_parameters"))
+    assert after == before
+
+
+def apply_backend(conn: psycopg.Connection[Any]) -> tuple[int, int] | None:
+    """(backend pid, client port) of a session waiting for our row lock inside apply_changes."""
+    row = conn.execute(
+        "SELECT pid, client_port FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND query ILIKE '%%device_parameters%%' AND pid <> pg_backend_pid()"
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row else None
+
+
+def process_on_port(port: int) -> psutil.Process | None:
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.laddr and connection.laddr.port == port and connection.pid:
+            return psutil.Process(connection.pid)
+    return None
+
+
+def test_a_worker_killed_mid_apply_leaves_the_table_whole_and_the_retry_completes(
+    stack: Any, token: str, data: psycopg.Connection[Any]
+) -> None:
+    wait_idle(stack, token)
+    load_demo_fleet(data, datetime.now(UTC).replace(second=0, microsecond=0), devices=60, parameters=20)
+    before = set(data.execute("SELECT * FROM iot_data.device_parameters"))
+    blocker = psycopg.connect(stack.data_url)
+    blocker.execute("SELECT * FROM iot_data.device_parameters WHERE device_id = 'dev-00003' FOR UPDATE")
+    set_paused(stack, token, False)
+    try:
+        status, run = stack.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None}, token=token)
+        assert status == 200, run
+        _, port = wait_until(lambda: apply_backend(data), 180, "apply_changes never reached the locked row")
+        worker = wait_until(lambda: process_on_port(port), 10, "no process holds the apply's connection")
+        assert "airflow" in " ".join(worker.cmdline()) or "python" in worker.name()
+        os.kill(worker.pid, signal.SIGKILL)
+        time.sleep(2)  # the server sees the connection drop and rolls the transaction back
+        assert set(data.execute("SELECT * FROM iot_data.device_parameters")) == before
+        blocker.rollback()  # let the retry through
+        finished = stack.wait_for_run(DAG_ID, run["dag_run_id"], token, timeout=240)
+    finally:
+        blocker.close()
+        set_paused(stack, token, True)
+    assert finished["state"] == "success"
+    _, instances = stack.request(
+        "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/apply_changes", token=token
+    )
+    assert instances["try_number"] >= 2
+    history = data.execute(
+        "SELECT status, applied FROM device_sync.run_history WHERE run_id = %s", (run["dag_run_id"],)
+    ).fetchone()
+    assert history == ("success", True)
+    after = set(data.execute("SELECT device_id, parameter_id FROM iot_data.device_parameters"))
+    assert after != {(row[0], row[2]) for row in before}  # the retry applied the whole delta
+
+
+def test_stop_ends_every_process_the_stack_started(stack: Any) -> None:
+    """Last in this module: `make airflow-stop` stops by the recorded pids, process groups included."""
+    recorded = [int(pid) for pid in json.loads((stack.home / "pids").read_text()).values()]
+    family = {pid for pid in recorded} | {
+        child.pid for pid in recorded for child in psutil.Process(pid).children(recursive=True)
+    }
+    assert len(family) > len(recorded)  # workers, gunicorn/uvicorn children…
+    started = time.monotonic()
+    stack.stop()
+    print(f"stack stopped in {time.monotonic() - started:.0f} s")
+    assert not (stack.home / "pids").exists()
+    alive = [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert alive == []
