@@ -1,4 +1,5 @@
-"""A real local Airflow 3 for device-sync: api-server, scheduler, dag-processor and triggerer from .venv.
+"""A real local Airflow 3 for device-sync: api-server, scheduler, dag-processor and triggerer from .venv,
+plus a moto server standing in for CloudWatch.
 
     python scripts/airflow_stack.py start [--home DIR] [--port N] [--no-demo]   # `make airflow`
     python scripts/airflow_stack.py stop  [--home DIR]                          # `make airflow-stop`
@@ -72,6 +73,7 @@ class AirflowStack:
     components: tuple[str, ...] = COMPONENTS
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     start_seconds: float = 0.0
+    moto_port: int = 0
 
     @property
     def base_url(self) -> str:
@@ -157,8 +159,11 @@ class AirflowStack:
         pids = {}
         for component in self.components:
             log = (self.home / "logs" / f"{component}.log").open("ab")
+            command = [str(REPO / ".venv/bin/airflow"), component]
+            if component == "moto":  # a local CloudWatch stand-in for `make airflow`
+                command = [str(REPO / ".venv/bin/moto_server"), "-H", "127.0.0.1", "-p", str(self.moto_port)]
             self.processes[component] = subprocess.Popen(
-                [str(REPO / ".venv/bin/airflow"), component],
+                command,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -273,7 +278,22 @@ def main() -> None:
     args = parser.parse_args()
     admin_url = os.environ.get("DEVICE_SYNC_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     data_url = psycopg.conninfo.make_conninfo(admin_url, dbname="device_sync_demo")
-    stack = AirflowStack(home=args.home, data_url=data_url, admin_url=admin_url, port=args.port)
+    moto_port = free_port()
+    moto_connection: dict[str, Any] = {
+        "conn_type": "aws",
+        "login": "local",
+        "password": "local",
+        "extra": {"region_name": "us-east-1", "endpoint_url": f"http://127.0.0.1:{moto_port}"},
+    }
+    stack = AirflowStack(
+        home=args.home,
+        data_url=data_url,
+        admin_url=admin_url,
+        port=args.port,
+        components=(*COMPONENTS, "moto"),
+        moto_port=moto_port,
+        extra_env={"AIRFLOW_CONN_AWS_DEFAULT": json.dumps(moto_connection)},
+    )
     if args.action == "stop":
         stack.stop()
         print("Stopped every process of the local Airflow.")
@@ -294,6 +314,7 @@ def main() -> None:
     print(f"Airflow is up after {time.monotonic() - started:.0f} s: {stack.base_url}")
     print(f"  logins: admin / {passwords['admin']}   viewer / {passwords['viewer']}")
     print(f"  status page: {stack.base_url}/device-sync/   health: {stack.base_url}/device-sync/health")
+    print(f"  CloudWatch stand-in (moto): http://127.0.0.1:{moto_port}")
     print("  stop it with: make airflow-stop")
 
 
