@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from moto.server import ThreadedMotoServer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
+from airflow_stack import airflow_uri, free_port  # noqa: E402
+
 from device_sync import metrics  # noqa: E402
 from device_sync.demo import load_demo_fleet  # noqa: E402
 
@@ -41,12 +42,6 @@ NAMESPACE = "IoT/DeviceParameterSync"
 
 def say(text: str = "") -> None:
     print(text, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def reachable(url: str) -> bool:
@@ -117,15 +112,6 @@ def server() -> Iterator[str]:
         say("PostgreSQL: none reachable; starting a throwaway local cluster")
         with throwaway_cluster() as url:
             yield url
-
-
-def airflow_uri(conninfo: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(conninfo)
-    password = f":{params['password']}" if params.get("password") else ""
-    return (
-        f"postgresql://{params.get('user', 'postgres')}{password}@{params.get('host', '127.0.0.1')}"
-        f":{params.get('port', 5432)}/{params['dbname']}"
-    )
 
 
 def airflow_env(database_url: str, moto_endpoint: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import tempfile
 import uuid
@@ -40,6 +39,10 @@ for _name in list(os.environ):
     if _name.startswith("DEVICE_SYNC_") and _name != "DEVICE_SYNC_TEST_ADMIN_URL":
         del os.environ[_name]
 sys.path.insert(0, str(REPO / "plugins"))
+sys.path.insert(0, str(REPO / "scripts"))
+from airflow_stack import airflow_uri, free_port  # noqa: E402  (shared with make demo / make airflow)
+
+psycopg_url_to_airflow_uri = airflow_uri
 
 HOW_TO_GET_POSTGRES = (
     "PostgreSQL is required for the device-sync tests and is not reachable at {url} ({error}).\n"
@@ -55,12 +58,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit(HOW_TO_GET_POSTGRES.format(url=ADMIN_URL, error=str(error).strip()), returncode=3)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A database of its own for this test session, dropped at the end."""
@@ -72,16 +69,6 @@ def database_url() -> Iterator[str]:
     yield url
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def psycopg_url_to_airflow_uri(conninfo: str) -> str:
-    """An Airflow connection URI (``postgresql://user:pw@host:port/db``) for a libpq conninfo string."""
-    params = psycopg.conninfo.conninfo_to_dict(conninfo)
-    user = params.get("user", "postgres")
-    password = f":{params['password']}" if params.get("password") else ""
-    return (
-        f"postgresql://{user}{password}@{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{params['dbname']}"
-    )
 
 
 SOURCE_DDL = """
@@ -141,7 +128,6 @@ def running_airflow_stack(
 ) -> Iterator[Any]:
     """A real Airflow (LocalExecutor) on a free loopback port, with a PostgreSQL metadata database and an
     IoT data database of its own; every process stopped and both databases dropped at the end."""
-    sys.path.insert(0, str(REPO / "scripts"))
     from airflow_stack import AirflowStack, recreate_database
 
     suffix = uuid.uuid4().hex[:8]
