@@ -47,12 +47,14 @@ LOCK_TARGET = db.load_sql("device_parameter_sync/lock_target.sql")
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-def execute(conn: psycopg.Connection[Any], statement: str | sql.Composable, params: Any = None) -> None:
+def execute(conn: psycopg.Connection[Any], statement: str | sql.SQL | sql.Composed, params: Any = None) -> None:
     with conn.transaction():
         conn.execute(statement, params)
 
 
-def query(conn: psycopg.Connection[Any], statement: str | sql.Composable, params: Any = None) -> list[tuple[Any, ...]]:
+def query(
+    conn: psycopg.Connection[Any], statement: str | sql.SQL | sql.Composed, params: Any = None
+) -> list[tuple[Any, ...]]:
     with conn.transaction():
         return conn.execute(statement, params).fetchall()
 
@@ -202,12 +204,6 @@ def published(cloudwatch: Any) -> dict[str, float]:
     return metrics.read_back(
         cloudwatch, namespace=NAMESPACE, stage="dev", since=now - timedelta(hours=1), until=now + timedelta(hours=1)
     )
-
-
-def no_retry_wait(dag: Any) -> None:
-    """Keep each task's retries but let them start after Airflow's smallest backoff (1 s) instead of 30 s."""
-    for task in dag.tasks:
-        task.retry_delay = timedelta(0)
 
 
 @pytest.fixture
@@ -411,12 +407,13 @@ def test_dag_run_whose_apply_backend_is_terminated_is_completed_by_airflows_retr
     observer = Worker(lambda: terminate_apply_when_blocked(database_url, blocker))
 
     def start_observer(dag: Any) -> None:
-        no_retry_wait(dag)
         assert dag.get_task("apply_changes").retries == 3
+        assert dag.get_task("apply_changes").retry_delay == timedelta(seconds=1)
         observer.start()
 
     try:
-        dag_run, states = run_dag(prepare=start_observer)
+        # dag.test() waits for a retry's delay like the scheduler does: keep it short (the first retry, 1 s).
+        dag_run, states = run_dag(prepare=start_observer, DEVICE_SYNC_RETRY_DELAY_SECONDS="1")
     finally:
         blocker.rollback()
         blocker.close()

@@ -352,6 +352,7 @@ def drop_staging(conn: psycopg.Connection[Any], settings: Settings, staging: Sta
 
 
 SKIP_REASONS = (
+    "id_too_long",
     "device_name_missing_pairs",
     "device_id_null",
     "device_status_null",

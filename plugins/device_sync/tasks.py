@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
 from device_sync import metrics, sync
 from device_sync.config import Settings, load_settings
@@ -42,6 +42,7 @@ PERMANENT_ERRORS = (
     psycopg.errors.SyntaxError,
     psycopg.errors.DatatypeMismatch,
     psycopg.errors.UndefinedFunction,
+    psycopg.errors.ProgramLimitExceeded,
 )
 
 
@@ -128,7 +129,13 @@ def connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
     """A connection to the IoT database; permanent SQL errors fail the task at once, without retries."""
     from device_sync import db
 
-    conn = db.connect(settings.postgres_conn_id, connect_timeout=10, attempts=CONNECT_ATTEMPTS)
+    try:
+        conn = db.connect(settings.postgres_conn_id, connect_timeout=10, attempts=CONNECT_ATTEMPTS)
+    except AirflowNotFoundException as error:
+        raise AirflowFailException(
+            f"The Airflow connection {settings.postgres_conn_id!r} (DEVICE_SYNC_POSTGRES_CONN_ID) does not exist:"
+            f" define it (e.g. AIRFLOW_CONN_{settings.postgres_conn_id.upper()}) or fix the setting ({error})"
+        ) from error
     try:
         yield conn
     except PERMANENT_ERRORS as error:

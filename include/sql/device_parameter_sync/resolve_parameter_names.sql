@@ -15,6 +15,9 @@ SELECT observed.device_id,
        devices.device_name,
        parameters.parameter_name,
        CASE
+           -- ids longer than a primary-key index entry can hold would fail the whole apply
+           WHEN octet_length(observed.device_id) > 1024 OR octet_length(observed.parameter_id) > 1024
+               THEN 'id_too_long'
            WHEN devices.name_missing THEN 'device_name_missing'
            WHEN parameters.parameter_id IS NULL THEN 'parameter_unknown'
            WHEN parameters.parameter_name IS NULL OR btrim(parameters.parameter_name) = ''
