@@ -308,6 +308,18 @@ def dashboard_body(
             y=9,
             yAxis={"left": {"min": 0}},
         ),
+        graph(
+            "Safety guards (runs a guard kept from applying)",
+            [
+                metric("MassDeleteBlocked", "Sum"),
+                metric("StaleMeasurementsBlocked", "Sum"),
+                metric("OlderWindowNotApplied", "Sum"),
+            ],
+            x=0,
+            y=15,
+            width=24,
+            yAxis={"left": {"min": 0}},
+        ),
     ]
     graphed = {row[1] for widget in widgets if widget["type"] == "metric" for row in widget["properties"]["metrics"]}
     missing = set(METRICS) - graphed
