@@ -823,12 +823,17 @@ def test_apply_changes_waits_for_the_writers_lock_then_applies_what_is_still_nee
                     "VALUES ('d1', 'stale', 'p1', 'stale'), ('zz', 'Ghost', 'p1', 'Temp')"
                 )
                 worker.start()
+                # Poll (bounded) until the apply waits: on a loaded machine the thread may need a while.
+                deadline = time.monotonic() + 20
+                waiting_on: list[Any] = []
+                while time.monotonic() < deadline and waiting_on != [("Lock", "advisory")]:
+                    time.sleep(0.2)
+                    waiting_on = other.execute(
+                        "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s",
+                        (conn.info.backend_pid,),
+                    ).fetchall()
                 time.sleep(1.0)
                 waited = worker.is_alive()
-                waiting_on = other.execute(
-                    "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s",
-                    (conn.info.backend_pid,),
-                ).fetchall()
             # The lock holder has committed: the waiting apply_changes goes on.
         finally:
             if worker.ident is not None:
