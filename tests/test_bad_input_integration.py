@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from psycopg import sql
 from conftest import REPO
 from device_sync import sync, tasks
 from device_sync.config import Settings, load_settings
+from source_data import add_devices, add_measurements, add_parameters, add_target, execute, query, target
 
 DAG_ID = "device_parameter_sync"
 END = datetime(2026, 11, 30, 12, tzinfo=UTC)
@@ -32,55 +33,6 @@ SOURCES = ("iot_data.redshift_devices", "iot_data.timescale_parameters", "iot_da
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-
-
-def execute(conn: psycopg.Connection[Any], statement: str | sql.SQL | sql.Composed, params: Any = None) -> None:
-    with conn.transaction():
-        conn.execute(statement, params)
-
-
-def query(
-    conn: psycopg.Connection[Any], statement: str | sql.SQL | sql.Composed, params: Any = None
-) -> list[tuple[Any, ...]]:
-    with conn.transaction():
-        return conn.execute(statement, params).fetchall()
-
-
-def insert_rows(
-    conn: psycopg.Connection[Any], table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
-) -> None:
-    statement = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-        sql.Identifier(*table.split(".")),
-        sql.SQL(", ").join(sql.Identifier(column) for column in columns),
-        sql.SQL(", ").join(sql.Placeholder() for _ in columns),
-    )
-    with conn.transaction(), conn.cursor() as cur:
-        cur.executemany(statement, list(rows))
-
-
-def add_devices(conn: psycopg.Connection[Any], *rows: tuple[Any, Any, Any]) -> None:
-    insert_rows(conn, "iot_data.redshift_devices", ("device_id", "device_name", "status"), rows)
-
-
-def add_parameters(conn: psycopg.Connection[Any], *rows: tuple[Any, Any]) -> None:
-    insert_rows(conn, "iot_data.timescale_parameters", ("parameter_id", "parameter_name"), rows)
-
-
-def add_measurements(conn: psycopg.Connection[Any], *rows: tuple[Any, Any, Any]) -> None:
-    insert_rows(
-        conn, "iot_data.measurements", ("device_id", "parameter_id", "time", "value"), [(*r, 1.0) for r in rows]
-    )
-
-
-def add_target(conn: psycopg.Connection[Any], *rows: tuple[str, str, str, str]) -> None:
-    insert_rows(
-        conn, "iot_data.device_parameters", ("device_id", "device_name", "parameter_id", "parameter_name"), rows
-    )
-
-
-def target(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], tuple[str, str]]:
-    rows = query(conn, "SELECT device_id, parameter_id, device_name, parameter_name FROM iot_data.device_parameters")
-    return {(d, p): (dn, pn) for d, p, dn, pn in rows}
 
 
 def snapshot(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], tuple[Any, ...]]:
