@@ -156,3 +156,21 @@ def airflow_stack(moto_server: str) -> Iterator[Any]:
     """The stack with the default (hourly) schedule, for one test module."""
     with running_airflow_stack() as stack:
         yield stack
+
+
+def run_dag_test(logical_date: Any, **env: str) -> Any:
+    """Run device_parameter_sync with dag.test() for ``logical_date``, with ``env`` set only for that run."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+        assert bag.import_errors == {}
+        return bag.dags["device_parameter_sync"].test(logical_date=logical_date)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -13,9 +13,8 @@ from typing import Any
 import boto3
 import psycopg
 import pytest
-from airflow.dag_processing.dagbag import DagBag
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, run_dag_test
 from device_sync import metrics
 from device_sync.demo import load_demo_fleet
 
@@ -36,18 +35,7 @@ def run_dag(airflow_db: None, moto_server: str, conn: psycopg.Connection[Any]) -
 
     def run(logical_date: datetime = T, **env: str) -> tuple[str, dict[str, str]]:
         conn.commit()  # end the test's own transaction: it must not hold locks while the DAG runs
-        saved = {key: os.environ.get(key) for key in env}
-        os.environ.update(env)
-        try:
-            bag = DagBag(dag_folder=str(REPO / "dags"))
-            assert bag.import_errors == {}
-            dag_run = bag.dags[DAG_ID].test(logical_date=logical_date)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        dag_run = run_dag_test(logical_date, **env)
         return dag_run.state, {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
 
     return run

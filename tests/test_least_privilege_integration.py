@@ -8,7 +8,6 @@ device_sync may stay (the grants script creates it when missing and is re-run by
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,10 +15,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from airflow.dag_processing.dagbag import DagBag
 from psycopg import errors, sql
 
-from conftest import ADMIN_URL, REPO, psycopg_url_to_airflow_uri, reset_sources
+from conftest import ADMIN_URL, REPO, psycopg_url_to_airflow_uri, reset_sources, run_dag_test
 from device_sync import sync
 from device_sync.config import Settings
 
@@ -131,18 +129,7 @@ def deployed(
         "AIRFLOW_CONN_DEVICE_SYNC_POSTGRES": psycopg_url_to_airflow_uri(with_user(database_url, login)),
         "DEVICE_SYNC_RETRIES": "0",  # a missing privilege must show at once
     }
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        bag = DagBag(dag_folder=str(REPO / "dags"))
-        assert bag.import_errors == {}
-        dag_run = bag.dags[DAG_ID].test(logical_date=T)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    dag_run = run_dag_test(T, **env)
     yield {
         "login": login,
         "url": with_user(database_url, login),
