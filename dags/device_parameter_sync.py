@@ -122,7 +122,10 @@ settings = load_settings()
 def device_parameter_sync() -> None:
     steps = [
         task(tasks.discover_active_devices)(),
-        task(tasks.aggregate_recent_measurements)(),
+        # One mapped task per shard of the active devices (DEVICE_SYNC_AGGREGATION_SHARDS, default 1).
+        task(tasks.aggregate_recent_measurements, doc_md=tasks.aggregate_recent_measurements.__doc__).expand(
+            shard=list(range(settings.aggregation_shards))
+        ),
         task(tasks.resolve_parameter_names)(),
         task(tasks.compute_delta)(),
         task(tasks.apply_changes)(),

@@ -255,10 +255,12 @@ def target_rows(conn: psycopg.Connection[Any]) -> dict[Pair, tuple[str, str, str
     database=None,
     print_blob=True,
 )
-@given(scenario=scenarios())
+@given(scenario=scenarios(), pair_index=st.booleans(), shards=st.sampled_from([1, 1, 2, 3]))
 def test_sync_equals_the_model_and_a_second_run_writes_nothing(
-    conn: psycopg.Connection[Any], scenario: Scenario
+    conn: psycopg.Connection[Any], scenario: Scenario, pair_index: bool, shards: int
 ) -> None:
+    """Whichever way the pairs are found (skip scan with the recommended index, window scan without it) and
+    however many aggregation shards there are."""
     device_rows, parameter_rows, measurement_rows, old = scenario
     # Each example starts from blank sources, no target table and no staging schema.
     reset_sources(conn)
@@ -269,6 +271,9 @@ def test_sync_equals_the_model_and_a_second_run_writes_nothing(
     window = sync.Window.ending_at(END, LOOKBACK)
     if old:  # otherwise the sync creates the target table itself
         sync.ensure_schema(conn, config)
+    if pair_index:
+        with conn.transaction():
+            conn.execute('CREATE INDEX ON iot_data.measurements (device_id, parameter_id, "time")')
     insert_rows(conn, "iot_data.redshift_devices", ("device_id", "device_name", "status"), device_rows)
     insert_rows(conn, "iot_data.timescale_parameters", ("parameter_id", "parameter_name"), parameter_rows)
     insert_rows(
@@ -301,13 +306,14 @@ def test_sync_equals_the_model_and_a_second_run_writes_nothing(
     event(f"old rows already right: {bool(unchanged)}")
 
     # The model is the plain semantics; the safety guards have tests of their own.
-    summary = sync.sync_once(conn, config, staging, window, allow_mass_delete=True)
+    summary = sync.sync_once(conn, config, staging, window, allow_mass_delete=True, shards=shards)
 
     after_first = target_rows(conn)
     assert {pair: (dn, pn) for pair, (dn, pn, _) in after_first.items()} == expected_target
-    assert summary == {**expected_summary, "id_too_long": 0, "applied": True, "guard": None}
+    method = sync.SKIP_SCAN if pair_index else sync.WINDOW_SCAN
+    assert summary == {**expected_summary, "id_too_long": 0, "applied": True, "guard": None, "method": method}
 
-    again = sync.sync_once(conn, config, staging, window, allow_mass_delete=True)
+    again = sync.sync_once(conn, config, staging, window, allow_mass_delete=True, shards=shards)
 
     assert target_rows(conn) == after_first  # same rows, same names, same xmin: nothing was written
     assert (again["inserts"], again["updates"], again["deletes"]) == (0, 0, 0)

@@ -78,6 +78,7 @@ def checksum(conn: psycopg.Connection[Any], table: str) -> tuple[int, str]:
 
 
 SUMMARY_KEYS = {
+    "method",
     "active_devices",
     "device_name_missing",
     "device_id_null",
@@ -564,6 +565,7 @@ def test_summary_counts_of_a_batch_with_every_kind_of_bad_data(conn: psycopg.Con
 
     assert set(summary) == SUMMARY_KEYS
     assert summary == {
+        "method": "window_scan",
         "active_devices": 2,
         "device_name_missing": 1,
         "device_id_null": 1,
@@ -829,10 +831,10 @@ def test_retrying_a_step_gives_the_same_staging_result(conn: psycopg.Connection[
     devices = [sync.discover_active_devices(conn, settings, staging) for _ in range(2)]
     assert devices[0] == devices[1]
     first = sync.aggregate_recent_measurements(conn, settings, staging, window)
-    observed = staged(conn, staging, "observed_pairs")
+    observed = staged(conn, staging, sync.shard_table(0, 1))
     second = sync.aggregate_recent_measurements(conn, settings, staging, window)
     assert second == first
-    assert staged(conn, staging, "observed_pairs") == observed
+    assert staged(conn, staging, sync.shard_table(0, 1)) == observed
     assert len(observed) == 5
 
     first = sync.resolve_parameter_names(conn, settings, staging)
@@ -841,7 +843,8 @@ def test_retrying_a_step_gives_the_same_staging_result(conn: psycopg.Connection[
     assert second == first
     assert staged(conn, staging, "resolved_pairs") == resolved
     assert staging_tables(conn, settings.staging_schema, staging.run_key) == sorted(
-        f"{staging.run_key}_{step}" for step in ("active_devices", "observed_pairs", "resolved_pairs")
+        f"{staging.run_key}_{step}"
+        for step in ("active_devices", "observed_pairs", sync.shard_table(0, 1), "resolved_pairs")
     )
     sync.drop_staging(conn, settings, staging)
 

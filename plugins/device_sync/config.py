@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     measurements_table: str = Field("iot_data.measurements", description="Schema-qualified measurements table.")
     measurements_time_column: str = Field("time", description="Timestamp column of the measurements table.")
     staging_schema: str = Field("device_sync", description="Schema the package owns for its per-run staging tables.")
+    aggregation_shards: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="Mapped aggregate_recent_measurements tasks; the active devices are split among them by a hash "
+        "of the device id, so a large fleet spreads over workers and database cores.",
+    )
     statement_timeout_seconds: int = Field(
         600, ge=1, le=24 * 3600, description="PostgreSQL statement_timeout of every statement the sync runs."
     )

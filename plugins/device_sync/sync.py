@@ -60,9 +60,6 @@ class StagingTables:
     def table(self, step: str) -> sql.Identifier:
         return sql.Identifier(self.schema, f"{self.run_key}_{step}")
 
-    def names(self) -> list[str]:
-        return [f"{self.schema}.{self.run_key}_{step}" for step in self.STEPS]
-
     STEPS = ("active_devices", "observed_pairs", "resolved_pairs", "delta")
 
     def identifiers(self, settings: Settings) -> dict[str, sql.Composable]:
@@ -82,12 +79,20 @@ def _rebuild(
     staging: StagingTables,
     settings: Settings,
     params: dict[str, Any] | None = None,
+    *,
+    sql_file: str | None = None,
+    table: str | None = None,
 ) -> None:
-    """Drop and re-create the staging table of ``step`` from its SQL file (idempotent on retry)."""
-    identifiers = staging.identifiers(settings)
-    db.run(cur, sql.SQL("DROP TABLE IF EXISTS {}").format(staging.table(step)))
-    db.run(cur, db.compose(f"{SQL}{step_file(step)}.sql", identifiers), params)
-    db.run(cur, sql.SQL("ANALYZE {}").format(staging.table(step)))
+    """Drop and re-create the staging table of ``step`` from its SQL file (idempotent on retry).
+
+    ``table`` names a table other than the step's own (an aggregation shard's), written where the SQL
+    says ``{<step>}``; ``sql_file`` a file other than the step's default one.
+    """
+    target = staging.table(table or step)
+    identifiers = {**staging.identifiers(settings), step: target}
+    db.run(cur, sql.SQL("DROP TABLE IF EXISTS {}").format(target))
+    db.run(cur, db.compose(f"{SQL}{sql_file or step_file(step)}.sql", identifiers), params)
+    db.run(cur, sql.SQL("ANALYZE {}").format(target))
 
 
 def step_file(step: str) -> str:
@@ -141,22 +146,96 @@ def discover_active_devices(
         return _summary(cur, "discover_active_devices", staging, settings)
 
 
+SKIP_SCAN = "skip_scan"
+WINDOW_SCAN = "window_scan"
+PAIR_METHODS = (SKIP_SCAN, WINDOW_SCAN)
+
+
+def pair_method(cur: psycopg.Cursor[Any], settings: Settings) -> str:
+    """How to find the window's pairs: a loose index scan when the measurements table has an index on
+    ``(device_id, parameter_id, <time column>)`` (read from the catalog), a scan of the window otherwise."""
+    row = db.fetch_one_dict(
+        cur,
+        db.load_sql(f"{SQL}pair_index.sql"),
+        {
+            "measurements": settings.measurements_identifier.as_string(cur),
+            "time_column": settings.measurements_time_column,
+        },
+    )
+    return SKIP_SCAN if row["has_pair_index"] else WINDOW_SCAN
+
+
+def shard_table(shard: int, shards: int) -> str:
+    """The staging table of one aggregation shard (its name says how many shards there were)."""
+    return f"observed_pairs_{shard}_of_{shards}"
+
+
 def aggregate_recent_measurements(
-    conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables, window: Window
-) -> dict[str, int]:
-    """Stage the distinct (device, parameter) pairs that active devices reported in the window."""
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    staging: StagingTables,
+    window: Window,
+    *,
+    shard: int = 0,
+    shards: int = 1,
+    method: str | None = None,
+) -> dict[str, Any]:
+    """Stage the distinct (device, parameter) pairs that this shard's active devices reported in the window.
+
+    The active devices are split into ``shards`` by a hash of their id; each shard is one mapped task with its
+    own staging table, which :func:`resolve_parameter_names` combines. ``method`` (tests and the benchmark
+    only) overrides the catalog's choice between the skip scan and the window scan.
+    """
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not one of the {shards} aggregation shards")
+    if method is not None and method not in PAIR_METHODS:
+        raise ValueError(f"unknown pair method {method!r}; expected one of {PAIR_METHODS}")
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
-        _rebuild(cur, "observed_pairs", staging, settings, window.as_params())
-        return _summary(cur, "aggregate_recent_measurements", staging, settings)
+        method = method or pair_method(cur, settings)
+        log.info("Finding the window's pairs by %s (shard %d of %d)", method.replace("_", " "), shard + 1, shards)
+        sql_file = "aggregate_recent_measurements_skip_scan" if method == SKIP_SCAN else None
+        params = {**window.as_params(), "shard": shard, "shards": shards}
+        table = shard_table(shard, shards)
+        _rebuild(cur, "observed_pairs", staging, settings, params, sql_file=sql_file, table=table)
+        counts = db.fetch_one_dict(
+            cur, db.compose(f"{SQL}aggregate_recent_measurements_summary.sql", {"observed_pairs": staging.table(table)})
+        )
+    return {"shard": shard, "shards": shards, "method": method, "shard_pairs": int(counts["observed_pairs"])}
+
+
+class StagingMissing(RuntimeError):
+    """A staging table an earlier step should have written is missing; clear the run from its first task."""
+
+
+def combine_shards(cur: psycopg.Cursor[Any], settings: Settings, staging: StagingTables, shards: int) -> None:
+    """Re-create ``observed_pairs`` as the union of the aggregation shards' tables."""
+    tables = [staging.table(shard_table(shard, shards)) for shard in range(shards)]
+    for shard, table in enumerate(tables):
+        if db.fetch_one_dict(cur, "SELECT to_regclass(%(t)s) IS NOT NULL AS present", {"t": table.as_string(cur)})[
+            "present"
+        ]:
+            continue
+        raise StagingMissing(
+            f"the staging table of aggregation shard {shard} of {shards} is missing: the aggregation ran with a "
+            f"different DEVICE_SYNC_AGGREGATION_SHARDS or its staging was dropped; clear this run from "
+            f"discover_active_devices"
+        )
+    union = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT device_id, parameter_id FROM {}").format(t) for t in tables)
+    target = staging.table("observed_pairs")
+    db.run(cur, sql.SQL("DROP TABLE IF EXISTS {}").format(target))
+    db.run(cur, sql.SQL("CREATE UNLOGGED TABLE {} AS ").format(target) + union)
+    db.run(cur, sql.SQL("ANALYZE {}").format(target))
 
 
 def resolve_parameter_names(
-    conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables
+    conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables, *, shards: int = 1
 ) -> dict[str, int]:
-    """Name every observed pair; pairs that cannot be named are kept as skipped, with a reason."""
+    """Combine the aggregation shards, then name every observed pair; unnameable pairs are kept as skipped."""
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
+        combine_shards(cur, settings, staging, shards)
+        observed = _summary(cur, "aggregate_recent_measurements", staging, settings)
         _rebuild(cur, "resolved_pairs", staging, settings)
-        return _summary(cur, "resolve_parameter_names", staging, settings)
+        return {**observed, **_summary(cur, "resolve_parameter_names", staging, settings)}
 
 
 def compute_delta(
@@ -345,10 +424,14 @@ def recorded_guard(
 
 
 def drop_staging(conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables) -> None:
-    """Drop this run's staging tables (missing ones are fine)."""
+    """Drop this run's staging tables, the aggregation shards' included (missing ones are fine)."""
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
-        for step in StagingTables.STEPS:
-            db.run(cur, sql.SQL("DROP TABLE IF EXISTS {}").format(staging.table(step)))
+        cur.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s AND starts_with(tablename, %s)",
+            (staging.schema, f"{staging.run_key}_"),
+        )
+        for (name,) in cur.fetchall():
+            db.run(cur, sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(staging.schema, name)))
 
 
 SKIP_REASONS = (
@@ -386,13 +469,17 @@ def sync_once(
     dry_run: bool = False,
     allow_mass_delete: bool = False,
     force_apply: bool = False,
+    shards: int = 1,
 ) -> dict[str, Any]:
-    """All steps in order, as the DAG runs them; for tests, the demo and the benchmark."""
+    """All steps in order, as the DAG runs them (its shards one after the other); for tests and the demo."""
     started_at = datetime.now(UTC)
     try:
         devices = discover_active_devices(conn, settings, staging, device_ids)
-        pairs = aggregate_recent_measurements(conn, settings, staging, window)
-        names = resolve_parameter_names(conn, settings, staging)
+        pairs = [
+            aggregate_recent_measurements(conn, settings, staging, window, shard=shard, shards=shards)
+            for shard in range(shards)
+        ]
+        names = resolve_parameter_names(conn, settings, staging, shards=shards)
         delta = compute_delta(conn, settings, staging, device_ids)
         run = {
             "run_id": run_id,
@@ -402,9 +489,9 @@ def sync_once(
             "started_at": started_at,
             "device_scope": len(device_ids) if device_ids is not None else None,
             "active_devices": devices["active_devices"],
-            "observed_pairs": pairs["observed_pairs"],
-            "skipped": skipped_total(devices, pairs, names),
-            "skipped_by_reason": skipped_by_reason(devices, pairs, names),
+            "observed_pairs": names["observed_pairs"],
+            "skipped": skipped_total(devices, names),
+            "skipped_by_reason": skipped_by_reason(devices, names),
         }
         applied = apply_changes(
             conn,
@@ -418,4 +505,4 @@ def sync_once(
         )
     finally:
         drop_staging(conn, settings, staging)
-    return {**devices, **pairs, **names, **delta, **applied, "skipped": run["skipped"]}
+    return {**devices, "method": pairs[0]["method"], **names, **delta, **applied, "skipped": run["skipped"]}

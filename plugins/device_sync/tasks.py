@@ -31,6 +31,8 @@ STEP_TASK_IDS = (
     "compute_delta",
     "apply_changes",
 )
+AGGREGATE = "aggregate_recent_measurements"  # the mapped step: one task instance per shard
+SINGLE_STEPS = tuple(task_id for task_id in STEP_TASK_IDS if task_id != AGGREGATE)
 
 # Errors a retry cannot fix: a missing table or column, missing privileges, a mistake in the SQL.
 PERMANENT_ERRORS = (
@@ -142,7 +144,7 @@ def connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
         raise AirflowFailException(
             f"{type(error).__name__}: {error} (not retried: fix the database or the configuration)"
         ) from error
-    except sync.GuardTripped as error:
+    except (sync.GuardTripped, sync.StagingMissing) as error:
         raise AirflowFailException(str(error)) from error
     except psycopg.errors.QueryCanceled as error:
         raise AirflowFailException(
@@ -189,17 +191,24 @@ def discover_active_devices(**context: Any) -> dict[str, Any]:
     return _step("discover_active_devices", context, device_ids=options.device_ids)
 
 
-def aggregate_recent_measurements(**context: Any) -> dict[str, Any]:
-    """Stage the distinct (device, parameter) pairs active devices reported in the run's window."""
-    window = run_window(context["dag_run"], load_settings(), RunOptions.from_params(context.get("params")))
+def aggregate_recent_measurements(shard: int = 0, **context: Any) -> dict[str, Any]:
+    """Stage the distinct (device, parameter) pairs that one shard of the active devices reported in the window.
+
+    Mapped over ``range(DEVICE_SYNC_AGGREGATION_SHARDS)``; a loose index scan when the measurements table has
+    the recommended index, a scan of the window otherwise.
+    """
+    settings = load_settings()
+    window = run_window(context["dag_run"], settings, RunOptions.from_params(context.get("params")))
     log.info("Window: [%s, %s)", window.start.isoformat(), window.end.isoformat())
-    summary: dict[str, Any] = _step("aggregate_recent_measurements", context, window=window)
+    summary: dict[str, Any] = _step(
+        "aggregate_recent_measurements", context, window=window, shard=shard, shards=settings.aggregation_shards
+    )
     return {**summary, "window_start": window.start.isoformat(), "window_end": window.end.isoformat()}
 
 
 def resolve_parameter_names(**context: Any) -> dict[str, Any]:
-    """Name the observed pairs from the device and parameter tables; unnameable pairs are skipped, counted."""
-    return _step("resolve_parameter_names", context)
+    """Combine the aggregation shards; name the observed pairs; unnameable pairs are skipped and counted."""
+    return _step("resolve_parameter_names", context, shards=load_settings().aggregation_shards)
 
 
 def compute_delta(**context: Any) -> dict[str, Any]:
@@ -215,13 +224,13 @@ def apply_changes(**context: Any) -> dict[str, Any]:
     """
     settings = load_settings()
     options = RunOptions.from_params(context.get("params"))
-    earlier = [context["ti"].xcom_pull(task_ids=task_id) or {} for task_id in STEP_TASK_IDS[:3]]
+    devices, names = (context["ti"].xcom_pull(task_ids=task_id) or {} for task_id in SINGLE_STEPS[:2])
     run = {
         **run_record(context, settings),
-        "active_devices": earlier[0].get("active_devices"),
-        "observed_pairs": earlier[1].get("observed_pairs"),
-        "skipped": sync.skipped_total(*earlier),
-        "skipped_by_reason": sync.skipped_by_reason(*earlier),
+        "active_devices": devices.get("active_devices"),
+        "observed_pairs": names.get("observed_pairs"),
+        "skipped": sync.skipped_total(devices, names),
+        "skipped_by_reason": sync.skipped_by_reason(devices, names),
     }
     counts = _step(
         "apply_changes",
@@ -249,12 +258,24 @@ def recorded_guard(dag_run: Any) -> str | None:
         return None
 
 
+def shard_summaries(ti: Any) -> list[dict[str, Any]]:
+    """The XComs of the aggregation shards (a mapped task with one shard still gives a single value)."""
+    pulled = ti.xcom_pull(task_ids=AGGREGATE)
+    shards = pulled if isinstance(pulled, list) else [pulled]
+    return [shard for shard in shards if shard]
+
+
 def run_summary(ti: Any, dag_run: Any) -> dict[str, Any]:
     """Everything the steps reported (from their XComs), plus success, skipped total and duration."""
-    step_summaries = {task_id: ti.xcom_pull(task_ids=task_id) or {} for task_id in STEP_TASK_IDS}
+    step_summaries = {task_id: ti.xcom_pull(task_ids=task_id) or {} for task_id in SINGLE_STEPS}
     summary: dict[str, Any] = {}
     for step_summary in step_summaries.values():
         summary.update(step_summary)
+    shards = shard_summaries(ti)
+    if shards:
+        summary["method"] = shards[0].get("method")
+        # The shards run side by side: the slowest one is the aggregation's time.
+        summary[f"{AGGREGATE}_seconds"] = max(shard.get(f"{AGGREGATE}_seconds", 0.0) for shard in shards)
     summary["success"] = 1 if step_summaries["apply_changes"] else 0
     guard = step_summaries["apply_changes"].get("guard") or recorded_guard(dag_run)
     for name in sync.GUARDS:

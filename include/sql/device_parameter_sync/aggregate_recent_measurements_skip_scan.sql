@@ -1,0 +1,64 @@
+-- Loose index scan ("skip scan"): the same pairs as aggregate_recent_measurements.sql, found by stepping
+-- through an index on (device_id, parameter_id, time) instead of reading the window's rows. Its cost is a
+-- few index probes per distinct pair stored in the index, whatever the window's length or row count:
+--   devices: one probe per distinct device id (the next id after the previous one);
+--   params:  for each active device of this shard, one probe per distinct parameter id;
+--   hit:     one probe per pair: is there a row of the pair inside [window_start, window_end)?
+-- Every probe is an ORDER BY ... LIMIT 1 subquery in a LATERAL join on purpose: the planner flattens a
+-- plain EXISTS into a hash semi-join over the whole window, which would defeat the skip scan.
+-- Pairs with a NULL parameter (per active device) or a NULL device (shard 0) are kept, to be counted.
+CREATE UNLOGGED TABLE {observed_pairs} AS
+WITH RECURSIVE devices AS (
+    (SELECT m.device_id FROM {measurements} AS m
+     WHERE m.device_id IS NOT NULL ORDER BY m.device_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.device_id FROM {measurements} AS m
+            WHERE m.device_id > devices.device_id ORDER BY m.device_id LIMIT 1)
+    FROM devices
+    WHERE devices.device_id IS NOT NULL
+),
+shard_devices AS MATERIALIZED (
+    SELECT devices.device_id
+    FROM devices
+    WHERE devices.device_id IS NOT NULL
+      AND devices.device_id::text IN (SELECT device_id FROM {active_devices})
+      AND (%(shards)s::int = 1
+           OR mod(hashtext(devices.device_id::text)::bigint + 2147483648, %(shards)s::int) = %(shard)s::int)
+)
+SELECT d.device_id::text AS device_id, params.parameter_id::text AS parameter_id
+FROM shard_devices AS d
+CROSS JOIN LATERAL (
+    WITH RECURSIVE params AS (
+        (SELECT m.parameter_id FROM {measurements} AS m
+         WHERE m.device_id = d.device_id AND m.parameter_id IS NOT NULL
+         ORDER BY m.parameter_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT m.parameter_id FROM {measurements} AS m
+                WHERE m.device_id = d.device_id AND m.parameter_id > params.parameter_id
+                ORDER BY m.parameter_id LIMIT 1)
+        FROM params
+        WHERE params.parameter_id IS NOT NULL
+    )
+    SELECT params.parameter_id FROM params WHERE params.parameter_id IS NOT NULL
+) AS params
+CROSS JOIN LATERAL (
+    SELECT 1 FROM {measurements} AS m
+    WHERE m.device_id = d.device_id AND m.parameter_id = params.parameter_id
+      AND m.{time_column} >= %(window_start)s AND m.{time_column} < %(window_end)s
+    LIMIT 1
+) AS hit
+UNION ALL
+SELECT d.device_id::text, NULL
+FROM shard_devices AS d
+CROSS JOIN LATERAL (
+    SELECT 1 FROM {measurements} AS m
+    WHERE m.device_id = d.device_id AND m.parameter_id IS NULL
+      AND m.{time_column} >= %(window_start)s AND m.{time_column} < %(window_end)s
+    LIMIT 1
+) AS hit
+UNION ALL
+SELECT DISTINCT NULL::text, m.parameter_id::text
+FROM {measurements} AS m
+WHERE m.device_id IS NULL
+  AND m.{time_column} >= %(window_start)s AND m.{time_column} < %(window_end)s
+  AND %(shard)s::int = 0;
