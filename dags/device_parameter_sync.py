@@ -13,9 +13,13 @@ The wall clock never chooses the window: `airflow dags test device_parameter_syn
 ## Tasks
 1. `discover_active_devices`: creates the target table and the staging schema if missing, then stages
    the devices with `status IS TRUE` (one row per device id).
-2. `aggregate_recent_measurements`: stages the distinct (device, parameter) pairs measured in the window.
-3. `resolve_parameter_names`: names each pair; pairs with a missing name or an unknown parameter are
-   **skipped and counted** (neither inserted nor deleted).
+2. `aggregate_recent_measurements` (mapped: one task per shard of the active devices,
+   `DEVICE_SYNC_AGGREGATION_SHARDS`, default 1): stages the distinct (device, parameter) pairs measured in
+   the window. With an index on the measurements table's `(device_id, parameter_id, time)` it steps through
+   the index (a few probes per pair, whatever the window's size); without one it scans the window. The task
+   log says which (`Finding the window's pairs by skip scan`).
+3. `resolve_parameter_names`: combines the shards, then names each pair; pairs with a missing name or an
+   unknown parameter are **skipped and counted** (neither inserted nor deleted).
 4. `compute_delta`: stages the inserts, updates (renames) and deletes.
 5. `apply_changes`: applies them in **one transaction** under an advisory lock that serializes all runs.
 6. `publish_metrics` (always runs): CloudWatch metrics, `SyncSuccess=0` if a step failed.
@@ -44,6 +48,10 @@ The wall clock never chooses the window: `airflow dags test device_parameter_syn
 - Retries (exponential backoff) cover transient faults. Errors a retry cannot fix (missing table or
   column, missing privilege) fail at once: fix the database or the `DEVICE_SYNC_*` configuration, then
   clear the run from `discover_active_devices`.
+- `aggregate_recent_measurements` slow or cancelled by the statement timeout: its log says "window scan"
+  when the recommended index `(device_id, parameter_id, time)` is missing; create it (README, Performance).
+- `resolve_parameter_names` says a shard's staging table is missing: `DEVICE_SYNC_AGGREGATION_SHARDS`
+  changed during the run; clear the run from `discover_active_devices`.
 - Nothing is half-applied: `apply_changes` commits all of its changes or none.
 - `publish_metrics` failing means CloudWatch was unreachable; the data change is already committed and
   the run is marked failed so that someone looks. The next run works as usual.

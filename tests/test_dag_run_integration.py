@@ -167,3 +167,29 @@ def test_airflow_dags_test_cli_syncs_the_window_ending_at_the_given_date(
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert {row[2] for row in rows(conn)} == {"p_start", "p_in"}
+
+
+def test_sharded_aggregation_with_the_skip_scan_gives_the_one_shard_result(
+    run_dag: Any, conn: psycopg.Connection[Any], cloudwatch: Any
+) -> None:
+    """Three mapped aggregation tasks over the recommended index end with exactly the rows that one task
+    scanning the window gives, and publish the same observed pair count."""
+    load_demo_fleet(conn, T, devices=60, parameters=30, per_device=6, step_minutes=30)
+    conn.commit()
+    state, _ = run_dag()
+    assert state == "success"
+    one_shard, one_shard_pairs = rows(conn), published(cloudwatch)["ObservedPairs"]
+    load_demo_fleet(conn, T, devices=60, parameters=30, per_device=6, step_minutes=30)
+    conn.execute('CREATE INDEX ON iot_data.measurements (device_id, parameter_id, "time")')
+    conn.commit()
+    urllib.request.urlopen(urllib.request.Request(f"{cloudwatch.meta.endpoint_url}/moto-api/reset", method="POST"))
+
+    dag_run = run_dag_test(T, DEVICE_SYNC_AGGREGATION_SHARDS="3")
+
+    assert dag_run.state == "success"
+    shards = [ti for ti in dag_run.get_task_instances() if ti.task_id == "aggregate_recent_measurements"]
+    assert sorted((ti.map_index, ti.state) for ti in shards) == [(0, "success"), (1, "success"), (2, "success")]
+    assert {ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index)["method"] for ti in shards} == {"skip_scan"}
+    assert rows(conn) == one_shard
+    assert published(cloudwatch)["ObservedPairs"] == one_shard_pairs > 0
+    assert staging_tables(conn) == []
