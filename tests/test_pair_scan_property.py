@@ -172,6 +172,38 @@ def test_the_method_follows_the_indexes_in_the_catalog(
     sync.drop_staging(conn, config, staging)
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [
+        """CREATE TABLE iot_data.measurements
+               (device_id TEXT, parameter_id TEXT, "time" TIMESTAMPTZ, value DOUBLE PRECISION)
+               PARTITION BY RANGE ("time");
+           CREATE TABLE iot_data.measurements_2024 PARTITION OF iot_data.measurements
+               FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')""",
+        """CREATE TABLE iot_data.measurements
+               (device_id TEXT, parameter_id TEXT, "time" TIMESTAMPTZ, value DOUBLE PRECISION);
+           CREATE TABLE iot_data.measurements_chunk () INHERITS (iot_data.measurements)""",
+    ],
+    ids=["partitioned", "inherited-chunks"],
+)
+def test_partitioned_measurements_use_the_window_scan_even_with_the_index(
+    conn: psycopg.Connection[Any], layout: str
+) -> None:
+    """Every probe of a skip scan would visit every partition; the window scan prunes them by time."""
+    execute(conn, "DROP TABLE iot_data.measurements; " + layout)
+    execute(conn, PAIR_INDEX)
+    add_devices(conn, ("d1", "Device 1", True))
+    add_measurements(conn, ("d1", "p1", END - timedelta(minutes=1)))
+    config = load_settings()
+    staging = sync.StagingTables.for_run(config.staging_schema, "dag", "partitioned")
+    sync.discover_active_devices(conn, config, staging)
+
+    summary = sync.aggregate_recent_measurements(conn, config, staging, WINDOW)
+
+    assert (summary["method"], summary["shard_pairs"]) == (sync.WINDOW_SCAN, 1)
+    sync.drop_staging(conn, config, staging)
+
+
 def test_the_skip_scan_probes_the_index_instead_of_reading_the_window(
     conn: psycopg.Connection[Any], pair_index: None
 ) -> None:
