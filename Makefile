@@ -10,7 +10,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 VENV := $(CURDIR)/.venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: venv demo test lint lock clean airflow airflow-stop deploy-monitoring
+.PHONY: venv demo test lint lock clean airflow airflow-stop deploy-monitoring bench
 
 venv: $(VENV)/.installed
 
@@ -45,6 +45,11 @@ lint: venv
 test: lint
 	scripts/ensure_test_tools.sh
 	$(VENV)/bin/pytest
+
+# The benchmark (not part of the test suite): bench/results/latest.{json,md,png}. About 15 minutes at full
+# scale, as root with cold runs. Options: make bench BENCH_ARGS="--scale 0.05 --warm 1 --no-cold".
+bench: venv
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 # Re-pin every dependency after editing requirements.in / requirements-dev.in.
 lock: | $(UV)
