@@ -82,17 +82,20 @@ def _rebuild(
     *,
     sql_file: str | None = None,
     table: str | None = None,
+    statistics: bool = True,
 ) -> None:
     """Drop and re-create the staging table of ``step`` from its SQL file (idempotent on retry).
 
     ``table`` names a table other than the step's own (an aggregation shard's), written where the SQL
-    says ``{<step>}``; ``sql_file`` a file other than the step's default one.
+    says ``{<step>}``; ``sql_file`` a file other than the step's default one. ``statistics=False`` skips
+    ANALYZE for a table that is only joined by primary key or read whole.
     """
     target = staging.table(table or step)
     identifiers = {**staging.identifiers(settings), step: target}
     db.run(cur, sql.SQL("DROP TABLE IF EXISTS {}").format(target))
     db.run(cur, db.compose(f"{SQL}{sql_file or step_file(step)}.sql", identifiers), params)
-    analyze(cur, target)
+    if statistics:
+        analyze(cur, target)
 
 
 def analyze(cur: psycopg.Cursor[Any], table: sql.Identifier) -> None:
@@ -173,8 +176,9 @@ def pair_method(cur: psycopg.Cursor[Any], settings: Settings) -> str:
 
 
 def shard_table(shard: int, shards: int) -> str:
-    """The staging table of one aggregation shard (its name says how many shards there were)."""
-    return f"observed_pairs_{shard}_of_{shards}"
+    """The staging table of one aggregation shard (its name says how many shards there were); a single
+    shard writes ``observed_pairs`` itself."""
+    return "observed_pairs" if shards == 1 else f"observed_pairs_{shard}_of_{shards}"
 
 
 def aggregate_recent_measurements(
@@ -215,7 +219,7 @@ class StagingMissing(RuntimeError):
 
 
 def combine_shards(cur: psycopg.Cursor[Any], settings: Settings, staging: StagingTables, shards: int) -> None:
-    """Re-create ``observed_pairs`` as the union of the aggregation shards' tables."""
+    """Re-create ``observed_pairs`` as the union of the aggregation shards' tables (one shard wrote it)."""
     tables = [staging.table(shard_table(shard, shards)) for shard in range(shards)]
     for shard, table in enumerate(tables):
         if db.fetch_one_dict(cur, "SELECT to_regclass(%(t)s) IS NOT NULL AS present", {"t": table.as_string(cur)})[
@@ -227,6 +231,8 @@ def combine_shards(cur: psycopg.Cursor[Any], settings: Settings, staging: Stagin
             f"different DEVICE_SYNC_AGGREGATION_SHARDS or its staging was dropped; clear this run from "
             f"discover_active_devices"
         )
+    if shards == 1:
+        return
     union = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT device_id, parameter_id FROM {}").format(t) for t in tables)
     target = staging.table("observed_pairs")
     db.run(cur, sql.SQL("DROP TABLE IF EXISTS {}").format(target))
@@ -253,7 +259,7 @@ def compute_delta(
 ) -> dict[str, int]:
     """Stage the inserts, updates and deletes that would make the table equal the desired set now."""
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
-        _rebuild(cur, "delta", staging, settings, _scope(device_ids))
+        _rebuild(cur, "delta", staging, settings, _scope(device_ids), statistics=False)
         return _summary(cur, "compute_delta", staging, settings)
 
 
@@ -310,7 +316,7 @@ def apply_changes(
     run = {**run, "started_at": run.get("started_at") or datetime.now(UTC)}
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
         db.run(cur, db.load_sql(f"{SQL}lock_target.sql"))
-        _rebuild(cur, "delta", staging, settings, _scope(device_ids))
+        _rebuild(cur, "delta", staging, settings, _scope(device_ids), statistics=False)
         guard = (
             None if dry_run else check_guards(cur, settings, staging, run, device_ids, allow_mass_delete, force_apply)
         )

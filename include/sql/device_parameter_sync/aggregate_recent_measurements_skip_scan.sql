@@ -2,10 +2,10 @@
 -- through an index on (device_id, parameter_id, time) instead of reading the window's rows. Its cost is a
 -- few index probes per distinct pair stored in the index, whatever the window's length or row count:
 --   devices: one probe per distinct device id (the next id after the previous one);
---   params:  for each active device of this shard, one probe per distinct parameter id;
---   hit:     one probe per pair: is there a row of the pair inside [window_start, window_end)?
--- Every probe is an ORDER BY ... LIMIT 1 subquery in a LATERAL join on purpose: the planner flattens a
--- plain EXISTS into a hash semi-join over the whole window, which would defeat the skip scan.
+--   params:  for each active device of this shard, one probe per distinct parameter id, which also reads
+--            the pair's newest time; a second probe only when that time is not before the window's end.
+-- Every probe is an ORDER BY ... LIMIT 1 subquery (in a LATERAL join or a CASE) on purpose: the planner
+-- flattens a top-level EXISTS into a hash semi-join over the whole window, which defeats the skip scan.
 -- Pairs with a NULL parameter (per active device) or a NULL device (shard 0) are kept, to be counted.
 CREATE UNLOGGED TABLE {observed_pairs} AS
 WITH RECURSIVE devices AS (
@@ -28,25 +28,32 @@ shard_devices AS MATERIALIZED (
 SELECT d.device_id::text AS device_id, params.parameter_id::text AS parameter_id
 FROM shard_devices AS d
 CROSS JOIN LATERAL (
+    -- Backwards through the device's parameters: each probe lands on the next parameter's newest row.
     WITH RECURSIVE params AS (
-        (SELECT m.parameter_id FROM {measurements} AS m
+        (SELECT m.parameter_id, m.{time_column} AS newest FROM {measurements} AS m
          WHERE m.device_id = d.device_id AND m.parameter_id IS NOT NULL
-         ORDER BY m.parameter_id LIMIT 1)
+         ORDER BY m.parameter_id DESC, m.{time_column} DESC LIMIT 1)
         UNION ALL
-        SELECT (SELECT m.parameter_id FROM {measurements} AS m
-                WHERE m.device_id = d.device_id AND m.parameter_id > params.parameter_id
-                ORDER BY m.parameter_id LIMIT 1)
+        SELECT previous.parameter_id, previous.newest
         FROM params
-        WHERE params.parameter_id IS NOT NULL
+        CROSS JOIN LATERAL (
+            SELECT m.parameter_id, m.{time_column} AS newest FROM {measurements} AS m
+            WHERE m.device_id = d.device_id AND m.parameter_id < params.parameter_id
+            ORDER BY m.parameter_id DESC, m.{time_column} DESC LIMIT 1
+        ) AS previous
     )
-    SELECT params.parameter_id FROM params WHERE params.parameter_id IS NOT NULL
+    SELECT params.parameter_id FROM params
+    -- A pair whose newest row is before the window's end was measured in the window exactly when that
+    -- row is inside it: no second probe. Rows at or after the end (a window in the past) or with a NULL
+    -- time (sorted first when descending) need a probe bounded by the window.
+    WHERE CASE
+              WHEN params.newest < %(window_end)s THEN params.newest >= %(window_start)s
+              ELSE EXISTS (
+                  SELECT 1 FROM {measurements} AS m
+                  WHERE m.device_id = d.device_id AND m.parameter_id = params.parameter_id
+                    AND m.{time_column} >= %(window_start)s AND m.{time_column} < %(window_end)s)
+          END
 ) AS params
-CROSS JOIN LATERAL (
-    SELECT 1 FROM {measurements} AS m
-    WHERE m.device_id = d.device_id AND m.parameter_id = params.parameter_id
-      AND m.{time_column} >= %(window_start)s AND m.{time_column} < %(window_end)s
-    LIMIT 1
-) AS hit
 UNION ALL
 SELECT d.device_id::text, NULL
 FROM shard_devices AS d
