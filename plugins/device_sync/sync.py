@@ -60,7 +60,7 @@ class StagingTables:
     def table(self, step: str) -> sql.Identifier:
         return sql.Identifier(self.schema, f"{self.run_key}_{step}")
 
-    STEPS = ("active_devices", "observed_pairs", "resolved_pairs", "delta")
+    STEPS = ("active_devices", "observed_pairs", "resolved_pairs")
 
     def identifiers(self, settings: Settings) -> dict[str, sql.Composable]:
         return {
@@ -110,7 +110,6 @@ def step_file(step: str) -> str:
         "active_devices": "discover_active_devices",
         "observed_pairs": "aggregate_recent_measurements",
         "resolved_pairs": "resolve_parameter_names",
-        "delta": "compute_delta",
     }[step]
 
 
@@ -251,16 +250,34 @@ def resolve_parameter_names(
         return {**observed, **_summary(cur, "resolve_parameter_names", staging, settings)}
 
 
+def changes_identifiers(staging: StagingTables, settings: Settings) -> dict[str, sql.Composable]:
+    """The staging identifiers plus ``{changes}``: the SELECT of this run's changes (changes.sql)."""
+    identifiers = staging.identifiers(settings)
+    return {**identifiers, "changes": db.compose(f"{SQL}changes.sql", identifiers)}
+
+
+def _count_changes(
+    cur: psycopg.Cursor[Any], settings: Settings, staging: StagingTables, device_ids: Sequence[str] | None
+) -> dict[str, int]:
+    row = db.fetch_one_dict(
+        cur, db.compose(f"{SQL}compute_delta.sql", changes_identifiers(staging, settings)), _scope(device_ids)
+    )
+    return {key: int(value) for key, value in row.items()}
+
+
 def compute_delta(
     conn: psycopg.Connection[Any],
     settings: Settings,
     staging: StagingTables,
     device_ids: Sequence[str] | None = None,
 ) -> dict[str, int]:
-    """Stage the inserts, updates and deletes that would make the table equal the desired set now."""
+    """Count the inserts, updates and deletes that would make the table equal the desired set now.
+
+    The changes themselves are not stored: :func:`apply_changes` computes them again under the writers' lock,
+    inside the statement that applies them.
+    """
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
-        _rebuild(cur, "delta", staging, settings, _scope(device_ids), statistics=False)
-        return _summary(cur, "compute_delta", staging, settings)
+        return _count_changes(cur, settings, staging, device_ids)
 
 
 HISTORY_FIELDS = (
@@ -305,8 +322,9 @@ def apply_changes(
 ) -> dict[str, Any]:
     """Apply the delta, its change log and the run's history row in one transaction, under the writers' lock.
 
-    The delta is recomputed after the lock is taken, so a run that waited for another one applies
-    exactly what is still needed; a retry after a failure applies what the failed attempt did not.
+    The changes are computed again after the lock is taken, inside the statement that applies them
+    (apply_changes.sql), so a run that waited for another one applies exactly what is still needed and a retry
+    after a failure applies what the failed attempt did not.
     Before anything is written the guards run (see :func:`check_guards`). A dry run, and a run whose window
     ends before the newest applied one (a backfill), record the delta's counts and change nothing else.
     """
@@ -316,20 +334,21 @@ def apply_changes(
     run = {**run, "started_at": run.get("started_at") or datetime.now(UTC)}
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
         db.run(cur, db.load_sql(f"{SQL}lock_target.sql"))
-        _rebuild(cur, "delta", staging, settings, _scope(device_ids), statistics=False)
+        would = _count_changes(cur, settings, staging, device_ids)
         guard = (
-            None if dry_run else check_guards(cur, settings, staging, run, device_ids, allow_mass_delete, force_apply)
+            None
+            if dry_run
+            else check_guards(cur, settings, staging, run, device_ids, would["deletes"], allow_mass_delete, force_apply)
         )
         if dry_run or guard == OLDER_WINDOW:
-            would = _summary(cur, "compute_delta", staging, settings)
             counts = {"inserted": would["inserts"], "updated": would["updates"], "deleted": would["deletes"]}
         else:
-            counts = {
-                "deleted": db.run(cur, db.compose(f"{SQL}apply_deletes.sql", identifiers)),
-                "updated": db.run(cur, db.compose(f"{SQL}apply_updates.sql", identifiers)),
-                "inserted": db.run(cur, db.compose(f"{SQL}apply_inserts.sql", identifiers)),
-            }
-            db.run(cur, db.compose(f"{SQL}record_changes.sql", identifiers), {"run_id": run["run_id"]})
+            applied_counts = db.fetch_one_dict(
+                cur,
+                db.compose(f"{SQL}apply_changes.sql", changes_identifiers(staging, settings)),
+                {**_scope(device_ids), "run_id": run["run_id"]},
+            )
+            counts = {key: int(value) for key, value in applied_counts.items()}
         applied = not dry_run and guard is None
         finished = {"status": "success", "dry_run": dry_run, "applied": applied, "error": None, "guard": guard}
         _record_run(cur, staging, settings, {**run, **counts, **finished, "finished_at": datetime.now(UTC)})
@@ -348,6 +367,7 @@ def check_guards(
     staging: StagingTables,
     run: dict[str, Any],
     device_ids: Sequence[str] | None,
+    deletes: int,
     allow_mass_delete: bool,
     force_apply: bool,
 ) -> str | None:
@@ -388,11 +408,11 @@ def check_guards(
             f'{{"allow_mass_delete": true}}.',
         )
     limit = settings.max_delete_fraction * state["table_rows"]
-    if state["table_rows"] >= settings.mass_delete_min_rows and state["deletes"] > limit:
+    if state["table_rows"] >= settings.mass_delete_min_rows and deletes > limit:
         raise GuardTripped(
             MASS_DELETE,
-            f"mass delete blocked: this run would delete {state['deletes']} of {state['table_rows']} rows "
-            f"({state['deletes'] / state['table_rows']:.0%}), more than DEVICE_SYNC_MAX_DELETE_FRACTION="
+            f"mass delete blocked: this run would delete {deletes} of {state['table_rows']} rows "
+            f"({deletes / state['table_rows']:.0%}), more than DEVICE_SYNC_MAX_DELETE_FRACTION="
             f"{settings.max_delete_fraction:g}. Nothing was applied. Check GET /device-sync/changes and the "
             f'sources; if the deletes are right, trigger a run with {{"allow_mass_delete": true}}.',
         )
