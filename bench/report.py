@@ -20,7 +20,10 @@ VARIANT_LABELS = {
     "floor_plain_distinct": "floor (i): plain DISTINCT",
     "floor_loose_index_scan": "floor (ii): loose index scan",
 }
-RATIOS = {"ours_vs_seed_like": "ours / seed-like", "ours_vs_staging_pattern": "ours / staging pattern"}
+RATIOS = {
+    "seed_like_vs_ours": "speed-up: seed-like / ours",
+    "staging_pattern_vs_ours": "speed-up: staging pattern / ours",
+}
 RATIOS_FLOOR = {"ours_vs_floor": "ours / floor"}
 OURS_STEPS = (
     "discover_active_devices",

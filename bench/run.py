@@ -219,8 +219,9 @@ class Bench:
             "plans": plans,
             "floor": {"query": best, "seconds": floors[best], "candidates": floors},
             "ratios": {
-                "ours_vs_seed_like": ratio(ours, others["seed_like"]),
-                "ours_vs_staging_pattern": ratio(ours, others["staging_pattern"]),
+                # how many times faster ours is than each alternative; ours against the floor as a time ratio
+                "seed_like_vs_ours": ratio(others["seed_like"], ours),
+                "staging_pattern_vs_ours": ratio(others["staging_pattern"], ours),
                 "ours_vs_floor": ratio(ours, floors[best]),
             },
             "n1_vs_n2": {
@@ -388,6 +389,41 @@ class Bench:
             targets.append(
                 target("no-change rerun of ours writes < 100 kB of WAL", report.size(wal), wal < NO_CHANGE_WAL_LIMIT)
             )
+        speed = (
+            (
+                "recommended",
+                "seed_like_vs_ours",
+                8.0,
+                f"ours ≥ 8{report.TIMES} faster than seed-like (recommended index, 24 h)",
+            ),
+            (
+                "recommended",
+                "staging_pattern_vs_ours",
+                5.0,
+                f"ours ≥ 5{report.TIMES} faster than the staging pattern (recommended index, 24 h)",
+            ),
+        )
+        for config, key, limit, name in speed:
+            value = self.report["configs"].get(config, {}).get("windows", {}).get("24h", {}).get("ratios", {}).get(key)
+            if value is not None:
+                targets.append(target(name, f"{value:.1f}{report.TIMES}", value >= limit))
+        for config, limit in (("recommended", 1.5), ("time_index", 1.2)):
+            value = (
+                self.report["configs"]
+                .get(config, {})
+                .get("windows", {})
+                .get("24h", {})
+                .get("ratios", {})
+                .get("ours_vs_floor")
+            )
+            if value is not None:
+                targets.append(
+                    target(
+                        f"ours ≤ {limit}{report.TIMES} the floor ({report.CONFIGS[config]}, 24 h)",
+                        f"{value:.2f}{report.TIMES}",
+                        value <= limit,
+                    )
+                )
         sparse = {item["factor"]: item for item in self.report.get("sparse", {}).get("fleets", [])}
         if 1 in sparse and 10 in sparse:
             small, large = sparse[1]["rss"]["peak_rss_kb"], sparse[10]["rss"]["peak_rss_kb"]
