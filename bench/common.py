@@ -15,6 +15,9 @@ from typing import Any
 import psycopg
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from airflow_stack import airflow_uri  # noqa: E402  (one libpq-URL-to-Airflow-URI helper, shared with make airflow)
+
 BENCH = REPO / "bench"
 SQL_DIR = BENCH / "sql"
 PYTHON = sys.executable
@@ -37,16 +40,6 @@ def say(message: str) -> None:
 
 def database_url(name: str) -> str:
     return psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=name)
-
-
-def airflow_uri(conninfo: str) -> str:
-    """A libpq URL in the URI form of an Airflow connection (AIRFLOW_CONN_*)."""
-    params = psycopg.conninfo.conninfo_to_dict(conninfo)
-    password = f":{params['password']}" if params.get("password") else ""
-    return (
-        f"postgresql://{params.get('user', 'postgres')}{password}@{params.get('host', '127.0.0.1')}"
-        f":{params.get('port', 5432)}/{params['dbname']}"
-    )
 
 
 def airflow_environment(home: Path) -> dict[str, str]:

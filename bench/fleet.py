@@ -15,6 +15,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from device_sync import db
+
 TIME_INDEX = "measurements_time_idx"
 COMPOSITE_INDEX = "measurements_device_parameter_time_idx"
 INDEX_COLUMNS = {TIME_INDEX: ("time",), COMPOSITE_INDEX: ("device_id", "parameter_id", "time")}
@@ -39,7 +41,15 @@ class FleetSpec:
 
 def generator_digest() -> str:
     """Identifies the generator's SQL, so a reused fleet is known to come from the same generator."""
-    return hashlib.sha256((SQL_DIR / "generate_fleet.sql").read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for name in ("generate_fleet.sql", "drift_target.sql"):
+        digest.update((SQL_DIR / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def target_ddl() -> sql.Composed:
+    """The target table exactly as the sync creates it (the seed DDL), from the package's own SQL."""
+    return db.compose("device_parameter_sync/ensure_schema.sql", {"staging_schema": sql.Identifier("device_sync")})
 
 
 def recreate_database(name: str) -> None:
@@ -74,6 +84,8 @@ def generate(database: str, spec: FleetSpec) -> dict[str, Any]:
             conn.execute("SELECT set_config(%s, %s, false)", (f"device_sync_bench.{name}", value))
         started = time.perf_counter()
         conn.execute(load_sql("generate_fleet"))
+        conn.execute(target_ddl())
+        conn.execute(load_sql("drift_target"))
         generation_seconds = time.perf_counter() - started
         started = time.perf_counter()
         conn.execute("VACUUM ANALYZE iot_data.measurements")

@@ -272,26 +272,15 @@ class Bench:
 
     def task_process_rss(self, database: str, minutes: int) -> dict[str, Any]:
         fleet.restore_target(database)
-        completed = subprocess.run(
-            [
-                PYTHON,
-                str(BENCH / "task_process.py"),
-                "--conn-id",
-                CONN_IDS[database],
-                "--window-end",
-                WINDOW_END.isoformat(),
-                "--lookback-minutes",
-                str(minutes),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=SUBPROCESS_TIMEOUT_SECONDS,
-            check=False,
+        return run_child(
+            "task_process.py",
+            "--conn-id",
+            CONN_IDS[database],
+            "--window-end",
+            WINDOW_END.isoformat(),
+            "--lookback-minutes",
+            str(minutes),
         )
-        if completed.returncode != 0:
-            raise RuntimeError(f"task_process.py failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
-        result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
-        return result
 
     def main_fleet_rss(self, window: str = "1h") -> None:
         say(f"Peak RSS of a task process on the main fleet ({window} window)")
@@ -354,16 +343,7 @@ class Bench:
         say("DAG parse time")
         results = []
         for _ in range(runs):
-            completed = subprocess.run(
-                [PYTHON, str(BENCH / "parse_dag.py")],
-                capture_output=True,
-                text=True,
-                timeout=SUBPROCESS_TIMEOUT_SECONDS,
-                check=False,
-            )
-            if completed.returncode != 0:
-                raise RuntimeError(f"parse_dag.py failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
-            results.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+            results.append(run_child("parse_dag.py"))
         parse = {
             "runs": results,
             "parse_seconds_median": median([run["parse_seconds"] for run in results]),
@@ -469,6 +449,21 @@ def check_target(run: RunResult) -> None:
 
 def all_runs(measurement: Measurement) -> list[RunResult]:
     return [run for run in (measurement.cold, measurement.warmup, *measurement.warm) if run is not None]
+
+
+def run_child(script: str, *args: str) -> dict[str, Any]:
+    """Run ``bench/<script>`` in a fresh Python process (bounded); return the JSON of its last output line."""
+    completed = subprocess.run(
+        [PYTHON, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_SECONDS,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"{script} failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return result
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:

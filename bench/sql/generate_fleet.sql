@@ -10,7 +10,8 @@
 -- inserted), every 50th (7, 57, ...) was renamed and 10 parameters were renamed (updates), every odd device
 -- kept a parameter it no longer reports and every 30th inactive device still has rows (deletes), and the
 -- last parameter of every 7th device stopped 6 hours ago (in a 24 h window, not in a 1 h one).
--- No index is created here: the benchmark builds the indexes it compares.
+-- No index is created here: the benchmark builds the indexes it compares. The target table comes next,
+-- from the package's own ensure_schema.sql, then its drifted state from drift_target.sql.
 CREATE SCHEMA IF NOT EXISTS iot_data;
 DROP TABLE IF EXISTS iot_data.measurements, iot_data.redshift_devices, iot_data.timescale_parameters,
     iot_data.device_parameters;
@@ -47,30 +48,3 @@ CROSS JOIN generate_series(
     make_interval(mins => current_setting('device_sync_bench.step_minutes')::int)) AS ts
 WHERE NOT (d % 7 = 0 AND k = current_setting('device_sync_bench.per_device')::int
            AND ts >= current_setting('device_sync_bench.window_end')::timestamptz - interval '6 hours');
-
-CREATE TABLE iot_data.device_parameters (
-    device_id TEXT NOT NULL,
-    device_name TEXT NOT NULL,
-    parameter_id TEXT NOT NULL,
-    parameter_name TEXT NOT NULL,
-    created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
-    updated_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
-    PRIMARY KEY (device_id, parameter_id)
-);
-CREATE INDEX idx_device_parameters_device_id ON iot_data.device_parameters(device_id);
-CREATE INDEX idx_device_parameters_parameter_id ON iot_data.device_parameters(parameter_id);
-
--- Yesterday's state: the reported pairs as named then, with the drift described above.
-INSERT INTO iot_data.device_parameters (device_id, device_name, parameter_id, parameter_name)
-SELECT format('dev-%s', lpad(d::text, 6, '0')),
-       CASE WHEN d % 50 = 7 THEN format('Old sensor %s', d) ELSE format('Sensor %s', d) END,
-       format('par-%s', lpad(p::text, 4, '0')),
-       CASE WHEN p % 20 = 3 THEN format('old_parameter_%s', p) ELSE format('parameter_%s', p) END
-FROM generate_series(1, current_setting('device_sync_bench.devices')::int) AS d
-CROSS JOIN generate_series(1, current_setting('device_sync_bench.per_device')::int + 1) AS k
-CROSS JOIN LATERAL (SELECT 1 + (d * 7 + k) % current_setting('device_sync_bench.parameters')::int AS p) AS par
-WHERE d % 20 <> 5
-  AND (d % 10 <> 0 OR d % 30 = 0)
-  AND (k <= current_setting('device_sync_bench.per_device')::int OR d % 2 = 1);
-
-ANALYZE iot_data.redshift_devices, iot_data.timescale_parameters, iot_data.device_parameters;
