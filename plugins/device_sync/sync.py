@@ -88,7 +88,8 @@ def _rebuild(
 
     ``table`` names a table other than the step's own (an aggregation shard's), written where the SQL
     says ``{<step>}``; ``sql_file`` a file other than the step's default one. ``statistics=False`` skips
-    ANALYZE for a table that is only joined by primary key or read whole.
+    ANALYZE (and its catalog writes) for a table that later statements only read whole into hash joins: the
+    planner's size estimate from the table's pages is enough there.
     """
     target = staging.table(table or step)
     identifiers = {**staging.identifiers(settings), step: target}
@@ -206,7 +207,7 @@ def aggregate_recent_measurements(
         sql_file = "aggregate_recent_measurements_skip_scan" if method == SKIP_SCAN else None
         params = {**window.as_params(), "shard": shard, "shards": shards}
         table = shard_table(shard, shards)
-        _rebuild(cur, "observed_pairs", staging, settings, params, sql_file=sql_file, table=table)
+        _rebuild(cur, "observed_pairs", staging, settings, params, sql_file=sql_file, table=table, statistics=False)
         counts = db.fetch_one_dict(
             cur, db.compose(f"{SQL}aggregate_recent_measurements_summary.sql", {"observed_pairs": staging.table(table)})
         )
@@ -236,7 +237,6 @@ def combine_shards(cur: psycopg.Cursor[Any], settings: Settings, staging: Stagin
     target = staging.table("observed_pairs")
     db.run(cur, sql.SQL("DROP TABLE IF EXISTS {}").format(target))
     db.run(cur, sql.SQL("CREATE UNLOGGED TABLE {} AS ").format(target) + union)
-    analyze(cur, target)
 
 
 def resolve_parameter_names(
@@ -246,7 +246,7 @@ def resolve_parameter_names(
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
         combine_shards(cur, settings, staging, shards)
         observed = _summary(cur, "aggregate_recent_measurements", staging, settings)
-        _rebuild(cur, "resolved_pairs", staging, settings)
+        _rebuild(cur, "resolved_pairs", staging, settings, statistics=False)
         return {**observed, **_summary(cur, "resolve_parameter_names", staging, settings)}
 
 
@@ -325,7 +325,8 @@ def apply_changes(
     The changes are computed again after the lock is taken, inside the statement that applies them
     (apply_changes.sql), so a run that waited for another one applies exactly what is still needed and a retry
     after a failure applies what the failed attempt did not.
-    Before anything is written the guards run (see :func:`check_guards`). A dry run, and a run whose window
+    The guards run before anything is written, the mass-delete guard on the statement's own delete count
+    (tripping it rolls everything back; see :func:`check_guards`). A dry run, and a run whose window
     ends before the newest applied one (a backfill), record the delta's counts and change nothing else.
     """
     identifiers = staging.identifiers(settings)
@@ -334,13 +335,12 @@ def apply_changes(
     run = {**run, "started_at": run.get("started_at") or datetime.now(UTC)}
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
         db.run(cur, db.load_sql(f"{SQL}lock_target.sql"))
-        would = _count_changes(cur, settings, staging, device_ids)
-        guard = (
-            None
-            if dry_run
-            else check_guards(cur, settings, staging, run, device_ids, would["deletes"], allow_mass_delete, force_apply)
+        state = db.fetch_one_dict(
+            cur, db.compose(f"{SQL}guard_state.sql", staging.identifiers(settings)), _scope(device_ids)
         )
+        guard = None if dry_run else check_guards(cur, settings, staging, run, state, allow_mass_delete, force_apply)
         if dry_run or guard == OLDER_WINDOW:
+            would = _count_changes(cur, settings, staging, device_ids)
             counts = {"inserted": would["inserts"], "updated": would["updates"], "deleted": would["deletes"]}
         else:
             applied_counts = db.fetch_one_dict(
@@ -349,6 +349,9 @@ def apply_changes(
                 {**_scope(device_ids), "run_id": run["run_id"]},
             )
             counts = {key: int(value) for key, value in applied_counts.items()}
+            if not allow_mass_delete:
+                # Raising here rolls the whole transaction back: the deletes it counts are never committed.
+                check_mass_delete(settings, state, counts["deleted"])
         applied = not dry_run and guard is None
         finished = {"status": "success", "dry_run": dry_run, "applied": applied, "error": None, "guard": guard}
         _record_run(cur, staging, settings, {**run, **counts, **finished, "finished_at": datetime.now(UTC)})
@@ -366,23 +369,18 @@ def check_guards(
     settings: Settings,
     staging: StagingTables,
     run: dict[str, Any],
-    device_ids: Sequence[str] | None,
-    deletes: int,
+    state: dict[str, Any],
     allow_mass_delete: bool,
     force_apply: bool,
 ) -> str | None:
-    """The safety guards, checked under the writers' lock against the delta about to be applied.
+    """The safety guards checked under the writers' lock before anything is written (``state`` is
+    guard_state.sql's row); the mass-delete guard follows the writes (:func:`check_mass_delete`).
 
     - forward only: a run whose window ends before the newest applied window returns ``older_window``
       (record, do not apply) unless ``force_apply``;
     - stale measurements: no pair at all observed for any active device while the table (within the run's
-      device scope) is not empty raises :class:`GuardTripped`, unless ``allow_mass_delete``;
-    - mass delete: deleting more than ``max_delete_fraction`` of a table of at least ``mass_delete_min_rows``
-      rows raises :class:`GuardTripped`, unless ``allow_mass_delete``.
+      device scope) is not empty raises :class:`GuardTripped`, unless ``allow_mass_delete``.
     """
-    state = db.fetch_one_dict(
-        cur, db.compose(f"{SQL}guard_state.sql", staging.identifiers(settings)), _scope(device_ids)
-    )
     window_end = run.get("window_end")
     newest = state["newest_applied_window_end"]
     if not force_apply and newest is not None and window_end is not None and window_end < newest:
@@ -407,6 +405,12 @@ def check_guards(
             f"applied. Check the measurements pipeline; to empty the table on purpose, trigger with "
             f'{{"allow_mass_delete": true}}.',
         )
+    return None
+
+
+def check_mass_delete(settings: Settings, state: dict[str, Any], deletes: int) -> None:
+    """Mass delete: deleting more than ``max_delete_fraction`` of a table of at least ``mass_delete_min_rows``
+    rows (counted before the run) raises :class:`GuardTripped`, which rolls the run's transaction back."""
     limit = settings.max_delete_fraction * state["table_rows"]
     if state["table_rows"] >= settings.mass_delete_min_rows and deletes > limit:
         raise GuardTripped(
@@ -416,7 +420,6 @@ def check_guards(
             f"{settings.max_delete_fraction:g}. Nothing was applied. Check GET /device-sync/changes and the "
             f'sources; if the deletes are right, trigger a run with {{"allow_mass_delete": true}}.',
         )
-    return None
 
 
 def record_failure(
