@@ -16,12 +16,14 @@ import re
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from croniter import croniter
-from psycopg import sql
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 ENV_PREFIX = "DEVICE_SYNC_"
 Stage = Literal["dev", "prod"]
@@ -136,6 +138,8 @@ class Settings(BaseSettings):
 
     @cached_property
     def measurements_identifier(self) -> sql.Identifier:
+        from psycopg import sql  # not at import: the DAG file reads the settings at every parse
+
         schema, table = self.measurements_table.split(".")
         return sql.Identifier(schema, table)
 

@@ -14,13 +14,19 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
-from device_sync import metrics, sync
 from device_sync.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from device_sync import sync
+
+# psycopg and the sync itself are imported inside the callables, when a task runs: the DAG file imports
+# this module at every parse, and the DAG processor should not pay for them (see README, Performance).
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +40,22 @@ STEP_TASK_IDS = (
 AGGREGATE = "aggregate_recent_measurements"  # the mapped step: one task instance per shard
 SINGLE_STEPS = tuple(task_id for task_id in STEP_TASK_IDS if task_id != AGGREGATE)
 
-# Errors a retry cannot fix: a missing table or column, missing privileges, a mistake in the SQL.
-PERMANENT_ERRORS = (
-    psycopg.errors.UndefinedTable,
-    psycopg.errors.InvalidSchemaName,
-    psycopg.errors.UndefinedColumn,
-    psycopg.errors.UndefinedObject,
-    psycopg.errors.InsufficientPrivilege,
-    psycopg.errors.SyntaxError,
-    psycopg.errors.DatatypeMismatch,
-    psycopg.errors.UndefinedFunction,
-    psycopg.errors.ProgramLimitExceeded,
-)
+
+def permanent_errors() -> tuple[type[Exception], ...]:
+    """Errors a retry cannot fix: a missing table or column, missing privileges, a mistake in the SQL."""
+    import psycopg
+
+    return (
+        psycopg.errors.UndefinedTable,
+        psycopg.errors.InvalidSchemaName,
+        psycopg.errors.UndefinedColumn,
+        psycopg.errors.UndefinedObject,
+        psycopg.errors.InsufficientPrivilege,
+        psycopg.errors.SyntaxError,
+        psycopg.errors.DatatypeMismatch,
+        psycopg.errors.UndefinedFunction,
+        psycopg.errors.ProgramLimitExceeded,
+    )
 
 
 CONNECT_ATTEMPTS = 5  # about 15 s of backoff before the task itself fails and Airflow retries it
@@ -101,11 +111,15 @@ def window_end_of(dag_run: Any) -> datetime:
 
 
 def run_window(dag_run: Any, settings: Settings, options: RunOptions | None = None) -> sync.Window:
+    from device_sync import sync
+
     lookback = (options.lookback_minutes if options else None) or settings.lookback_minutes
     return sync.Window.ending_at(window_end_of(dag_run), lookback)
 
 
 def staging_of(dag_run: Any, settings: Settings) -> sync.StagingTables:
+    from device_sync import sync
+
     return sync.StagingTables.for_run(settings.staging_schema, dag_run.dag_id, dag_run.run_id)
 
 
@@ -129,7 +143,9 @@ def run_record(context: Mapping[str, Any], settings: Settings) -> dict[str, Any]
 @contextmanager
 def connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
     """A connection to the IoT database; permanent SQL errors fail the task at once, without retries."""
-    from device_sync import db
+    import psycopg
+
+    from device_sync import db, sync
 
     try:
         conn = db.connect(settings.postgres_conn_id, connect_timeout=10, attempts=CONNECT_ATTEMPTS)
@@ -140,7 +156,7 @@ def connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
         ) from error
     try:
         yield conn
-    except PERMANENT_ERRORS as error:
+    except permanent_errors() as error:
         raise AirflowFailException(
             f"{type(error).__name__}: {error} (not retried: fix the database or the configuration)"
         ) from error
@@ -157,6 +173,8 @@ def connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
 
 
 def _step(name: str, context: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
+    from device_sync import sync
+
     settings = load_settings()
     staging = staging_of(context["dag_run"], settings)
     started = time.monotonic()
@@ -176,6 +194,8 @@ def record_failure(
     context: Mapping[str, Any], settings: Settings, message: str, keep_error: bool = False, guard: str | None = None
 ) -> None:
     """Best effort: mark the run failed in the run history (the database may be the thing that failed)."""
+    from device_sync import sync
+
     try:
         run = {**run_record(context, settings), "error": message[:2000], "guard": guard}
         with connection(settings) as conn:
@@ -222,6 +242,8 @@ def apply_changes(**context: Any) -> dict[str, Any]:
 
     A dry run (param dry_run) records the delta in the run history and changes nothing else.
     """
+    from device_sync import sync
+
     settings = load_settings()
     options = RunOptions.from_params(context.get("params"))
     devices, names = (context["ti"].xcom_pull(task_ids=task_id) or {} for task_id in SINGLE_STEPS[:2])
@@ -249,6 +271,8 @@ def apply_changes(**context: Any) -> dict[str, Any]:
 
 def recorded_guard(dag_run: Any) -> str | None:
     """The guard that failed this run, as apply_changes recorded it in the run history (None if unknown)."""
+    from device_sync import sync
+
     settings = load_settings()
     try:
         with connection(settings) as conn:
@@ -267,6 +291,8 @@ def shard_summaries(ti: Any) -> list[dict[str, Any]]:
 
 def run_summary(ti: Any, dag_run: Any) -> dict[str, Any]:
     """Everything the steps reported (from their XComs), plus success, skipped total and duration."""
+    from device_sync import sync
+
     step_summaries = {task_id: ti.xcom_pull(task_ids=task_id) or {} for task_id in SINGLE_STEPS}
     summary: dict[str, Any] = {}
     for step_summary in step_summaries.values():
@@ -289,6 +315,8 @@ def run_summary(ti: Any, dag_run: Any) -> dict[str, Any]:
 
 def publish_metrics(**context: Any) -> dict[str, Any]:
     """Publish the run's CloudWatch metrics; SyncSuccess=0 when a step failed (the run stays failed)."""
+    from device_sync import metrics
+
     settings = load_settings()
     summary = run_summary(context["ti"], context["dag_run"])
     log.info("Run summary: %s", summary)
@@ -302,6 +330,8 @@ def publish_metrics(**context: Any) -> dict[str, Any]:
 
 def cleanup_staging(**context: Any) -> None:
     """Drop this run's staging tables, whatever happened before."""
+    from device_sync import sync
+
     settings = load_settings()
     with connection(settings) as conn:
         sync.drop_staging(conn, settings, staging_of(context["dag_run"], settings))
