@@ -20,7 +20,7 @@ The wall clock never chooses the window: `airflow dags test device_parameter_syn
    log says which (`Finding the window's pairs by skip scan`).
 3. `resolve_parameter_names`: combines the shards, then names each pair; pairs with a missing name or an
    unknown parameter are **skipped and counted** (neither inserted nor deleted).
-4. `compute_delta`: stages the inserts, updates (renames) and deletes.
+4. `compute_delta`: counts the inserts, updates (renames) and deletes (for the log; not stored).
 5. `apply_changes`: applies them in **one transaction** under an advisory lock that serializes all runs.
 6. `publish_metrics` (always runs): CloudWatch metrics, `SyncSuccess=0` if a step failed.
 7. `cleanup_staging` (teardown, always runs): drops this run's staging tables.

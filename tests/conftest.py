@@ -158,8 +158,10 @@ def airflow_stack(moto_server: str) -> Iterator[Any]:
         yield stack
 
 
-def run_dag_test(logical_date: Any, **env: str) -> Any:
-    """Run device_parameter_sync with dag.test() for ``logical_date``, with ``env`` set only for that run."""
+def run_dag_test(logical_date: Any, prepare: Any = None, **env: str) -> Any:
+    """Run device_parameter_sync with dag.test() for ``logical_date``, with ``env`` set only for that run.
+
+    ``prepare`` may adjust the parsed DAG before the run (dag.test() runs exactly that object's tasks)."""
     from airflow.dag_processing.dagbag import DagBag
 
     saved = {key: os.environ.get(key) for key in env}
@@ -167,7 +169,10 @@ def run_dag_test(logical_date: Any, **env: str) -> Any:
     try:
         bag = DagBag(dag_folder=str(REPO / "dags"))
         assert bag.import_errors == {}
-        return bag.dags["device_parameter_sync"].test(logical_date=logical_date)
+        dag = bag.dags["device_parameter_sync"]
+        if prepare is not None:
+            prepare(dag)
+        return dag.test(logical_date=logical_date)
     finally:
         for key, value in saved.items():
             if value is None:

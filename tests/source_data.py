@@ -54,3 +54,25 @@ def add_target(conn: psycopg.Connection[Any], *rows: tuple[str, str, str, str]) 
 def target(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], tuple[str, str]]:
     rows = query(conn, "SELECT device_id, parameter_id, device_name, parameter_name FROM iot_data.device_parameters")
     return {(d, p): (dn, pn) for d, p, dn, pn in rows}
+
+
+SNAPSHOT = (
+    "SELECT device_id, parameter_id, device_name, parameter_name, created_at, updated_at, xmin::text "
+    "FROM iot_data.device_parameters"
+)
+
+
+def snapshot(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """Every target row with its timestamps and xmin: even a no-op rewrite of a row shows."""
+    return {(row[0], row[1]): row[2:] for row in query(conn, SNAPSHOT)}
+
+
+def checksum(conn: psycopg.Connection[Any], table: str) -> tuple[int, str]:
+    """Row count and an md5 over every row *and its xmin*: any change to the table, even a no-op rewrite of a
+    row, shows."""
+    statement = sql.SQL(
+        "SELECT count(*), md5(coalesce(string_agg(t.xmin::text || ':' || t::text, ',' ORDER BY t::text), ''))"
+        " FROM {} AS t"
+    ).format(sql.Identifier(*table.split(".")))
+    ((count, digest),) = query(conn, statement)
+    return count, digest

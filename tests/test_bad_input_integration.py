@@ -18,12 +18,21 @@ import psycopg
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.exceptions import ParamValidationError
-from psycopg import sql
 
 from conftest import REPO
 from device_sync import sync, tasks
 from device_sync.config import Settings, load_settings
-from source_data import add_devices, add_measurements, add_parameters, add_target, execute, query, target
+from source_data import (
+    add_devices,
+    add_measurements,
+    add_parameters,
+    add_target,
+    checksum,
+    execute,
+    query,
+    snapshot,
+    target,
+)
 
 DAG_ID = "device_parameter_sync"
 END = datetime(2026, 11, 30, 12, tzinfo=UTC)
@@ -33,26 +42,6 @@ SOURCES = ("iot_data.redshift_devices", "iot_data.timescale_parameters", "iot_da
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-
-
-def snapshot(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], tuple[Any, ...]]:
-    """Every target row with its timestamps and xmin: even a no-op rewrite of a row shows."""
-    rows = query(
-        conn,
-        "SELECT device_id, parameter_id, device_name, parameter_name, created_at, updated_at, xmin::text "
-        "FROM iot_data.device_parameters",
-    )
-    return {(row[0], row[1]): row[2:] for row in rows}
-
-
-def checksum(conn: psycopg.Connection[Any], table: str) -> tuple[int, str]:
-    """Row count and an md5 over every row and its xmin: any change to the table shows."""
-    statement = sql.SQL(
-        "SELECT count(*), md5(coalesce(string_agg(t.xmin::text || ':' || t::text, ',' ORDER BY t::text), ''))"
-        " FROM {} AS t"
-    ).format(sql.Identifier(*table.split(".")))
-    ((count, digest),) = query(conn, statement)
-    return count, digest
 
 
 def sources(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, str]]:

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -194,3 +195,22 @@ def test_trigger_form_params_have_types_bounds_and_descriptions(dag: Any) -> Non
         "allow_mass_delete": False,
         "force_apply": False,
     }
+
+
+def test_parsing_the_dag_file_does_not_import_the_sync_or_psycopg() -> None:
+    """Parse time stays small: the database code is imported by the task callables when they run."""
+    probe = (
+        "import sys, runpy; runpy.run_path(sys.argv[1]); "
+        "print(sorted(m for m in ('device_sync.sync', 'device_sync.db', 'device_sync.metrics', 'psycopg') "
+        "if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "plugins")}
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(REPO / "dags" / "device_parameter_sync.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"

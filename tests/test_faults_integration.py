@@ -29,13 +29,12 @@ from typing import Any
 import boto3
 import psycopg
 import pytest
-from airflow.dag_processing.dagbag import DagBag
 from psycopg import sql
 
-from conftest import ADMIN_URL, REPO, free_port
+from conftest import ADMIN_URL, free_port, run_dag_test
 from device_sync import db, metrics, sync, tasks
 from device_sync.config import Settings, load_settings
-from source_data import add_devices, add_measurements, add_parameters, add_target, execute, query, target
+from source_data import add_devices, add_measurements, add_parameters, add_target, execute, query, snapshot, target
 
 DAG_ID = "device_parameter_sync"
 T = datetime(2026, 11, 30, 12, tzinfo=UTC)  # window end of the step-level runs and logical date of DAG runs
@@ -46,17 +45,6 @@ LOCK_TARGET = db.load_sql("device_parameter_sync/lock_target.sql")
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-
-
-SNAPSHOT = (
-    "SELECT device_id, parameter_id, device_name, parameter_name, created_at, updated_at, xmin::text "
-    "FROM iot_data.device_parameters"
-)
-
-
-def snapshot(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], tuple[Any, ...]]:
-    """Every target row with its timestamps and xmin: even a no-op rewrite of a row shows."""
-    return {(row[0], row[1]): row[2:] for row in query(conn, SNAPSHOT)}
 
 
 def history(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
@@ -170,21 +158,7 @@ def run_dag(airflow_db: None, moto_server: str, conn: psycopg.Connection[Any]) -
         logical_date: datetime = T, prepare: Callable[[Any], None] | None = None, **env: str
     ) -> tuple[Any, dict[str, tuple[str, int]]]:
         conn.commit()  # the test's own connection must hold no locks while the DAG runs
-        saved = {key: os.environ.get(key) for key in env}
-        os.environ.update(env)
-        try:
-            bag = DagBag(dag_folder=str(REPO / "dags"))
-            assert bag.import_errors == {}
-            dag = bag.dags[DAG_ID]
-            if prepare is not None:
-                prepare(dag)
-            dag_run = dag.test(logical_date=logical_date)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        dag_run = run_dag_test(logical_date, prepare, **env)
         return dag_run, {ti.task_id: (ti.state, ti.try_number) for ti in dag_run.get_task_instances()}
 
     return run
@@ -276,7 +250,7 @@ def terminate_apply_when_blocked(database_url: str, blocker: psycopg.Connection[
             "deleted_xmax": deleted_xmax,
             "terminated": terminated,
             "backend_gone": still_there == (0,),
-            "snapshot": {(r[0], r[1]): r[2:] for r in observer.execute(SNAPSHOT)},
+            "snapshot": snapshot(observer),
             "change_log": observer.execute("SELECT count(*) FROM device_sync.change_log").fetchone(),
             "successes": observer.execute(
                 "SELECT count(*) FROM device_sync.run_history WHERE status = 'success'"

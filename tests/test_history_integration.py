@@ -21,7 +21,7 @@ from psycopg import sql
 from device_sync import sync
 from device_sync.config import ConfigError, Settings, load_settings
 from device_sync.tasks import MAX_DEVICE_IDS, RunOptions
-from source_data import add_devices, add_measurements, add_parameters, add_target, execute, query, target
+from source_data import add_devices, add_measurements, add_parameters, add_target, execute, query, snapshot, target
 
 END = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 LOOKBACK = 60
@@ -79,16 +79,6 @@ def run_record(run_id: str, **fields: Any) -> dict[str, Any]:
 def ensure_schema(conn: psycopg.Connection[Any]) -> None:
     """The target table and the history schema, as the first step creates them."""
     sync.ensure_schema(conn, load_settings())
-
-
-def target_snapshot(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], tuple[Any, ...]]:
-    """Every target row with its xmin and timestamps, so even a no-op rewrite of a row is detected."""
-    rows = query(
-        conn,
-        "SELECT device_id, parameter_id, device_name, parameter_name, created_at, updated_at, xmin::text "
-        "FROM iot_data.device_parameters",
-    )
-    return {(row[0], row[1]): row[2:] for row in rows}
 
 
 def history(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
@@ -275,12 +265,12 @@ def test_a_failing_change_log_insert_rolls_back_the_change(conn: psycopg.Connect
     settings, staging = atomicity_fixture(conn)
     assert stage_delta(conn, settings, staging) == {"inserts": 1, "updates": 1, "deletes": 1}
     raise_in_trigger(conn, "device_sync.change_log", "TRIGGER refuse BEFORE INSERT", "change log refused")
-    before = target_snapshot(conn)
+    before = snapshot(conn)
 
     with pytest.raises(psycopg.errors.RaiseException, match="change log refused"):
         sync.apply_changes(conn, settings, staging, run=run_record("run-1"))
 
-    assert target_snapshot(conn) == before
+    assert snapshot(conn) == before
     assert change_log_count(conn) == 0
     assert [row for row in history(conn).values() if row["status"] == "success"] == []
     sync.drop_staging(conn, settings, staging)
@@ -301,12 +291,12 @@ def test_a_failing_target_change_leaves_no_change_log_and_no_success_row(
     settings, staging = atomicity_fixture(conn)
     assert stage_delta(conn, settings, staging) == {"inserts": 1, "updates": 1, "deletes": 1}
     raise_in_trigger(conn, "iot_data.device_parameters", trigger, "delete refused", options)
-    before = target_snapshot(conn)
+    before = snapshot(conn)
 
     with pytest.raises(psycopg.errors.RaiseException, match="delete refused"):
         sync.apply_changes(conn, settings, staging, run=run_record("run-1"))
 
-    assert target_snapshot(conn) == before
+    assert snapshot(conn) == before
     assert change_log_count(conn) == 0
     assert [row for row in history(conn).values() if row["status"] == "success"] == []
     sync.drop_staging(conn, settings, staging)
@@ -358,11 +348,11 @@ def test_dry_run_changes_nothing_and_records_the_would_be_counts(conn: psycopg.C
     add_measurements(conn, ("d1", "p1", INSIDE), ("d1", "p2", INSIDE))
     ensure_schema(conn)
     add_target(conn, ("d1", "Old name", "p1", "Temp"), ("d9", "Gone", "p1", "Temp"))
-    before = target_snapshot(conn)
+    before = snapshot(conn)
 
     summary = run_sync(conn, run_id="dry-1", dry_run=True)
 
-    assert target_snapshot(conn) == before
+    assert snapshot(conn) == before
     assert change_log_count(conn) == 0
     assert (summary["inserted"], summary["updated"], summary["deleted"]) == (1, 1, 1)
     row = history(conn)["dry-1"]
@@ -387,7 +377,7 @@ def test_device_scope_changes_only_the_listed_devices(conn: psycopg.Connection[A
         ("d3", "Off", "p1", "Temp"),  # inactive device: a full run would delete it
         ("d404", "Unknown", "p1", "Temp"),  # unknown device: a full run would delete it
     )
-    before = target_snapshot(conn)
+    before = snapshot(conn)
 
     summary = run_sync(conn, run_id="scoped", device_ids=["d1"])
 
@@ -400,7 +390,7 @@ def test_device_scope_changes_only_the_listed_devices(conn: psycopg.Connection[A
         ("d404", "p1"): ("Unknown", "Temp"),
     }
     others = {pair: row for pair, row in before.items() if pair[0] != "d1"}
-    assert {pair: row for pair, row in target_snapshot(conn).items() if pair[0] != "d1"} == others
+    assert {pair: row for pair, row in snapshot(conn).items() if pair[0] != "d1"} == others
     assert {device for _, _, device, *_ in change_log(conn)} == {"d1"}
     row = history(conn)["scoped"]
     assert (row["device_scope"], row["active_devices"], row["status"]) == (1, 1, "success")

@@ -20,7 +20,17 @@ from psycopg import sql
 from conftest import reset_sources
 from device_sync import sync
 from device_sync.config import Settings, load_settings
-from source_data import add_devices, add_measurements, add_parameters, add_target, execute, insert_rows, query, target
+from source_data import (
+    add_devices,
+    add_measurements,
+    add_parameters,
+    add_target,
+    checksum,
+    execute,
+    insert_rows,
+    query,
+    target,
+)
 
 END = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 LOOKBACK = 60
@@ -65,16 +75,6 @@ def staging_tables(conn: psycopg.Connection[Any], schema: str, prefix: str) -> l
         (schema, prefix),
     )
     return [name for (name,) in rows]
-
-
-def checksum(conn: psycopg.Connection[Any], table: str) -> tuple[int, str]:
-    """Row count and an md5 over every row *and its xmin*, so even a no-op rewrite of a row is detected."""
-    statement = sql.SQL(
-        "SELECT count(*), md5(coalesce(string_agg(t.xmin::text || ':' || t::text, ',' ORDER BY t::text), ''))"
-        " FROM {} AS t"
-    ).format(sql.Identifier(*table.split(".")))
-    ((count, digest),) = query(conn, statement)
-    return count, digest
 
 
 SUMMARY_KEYS = {

@@ -1,8 +1,10 @@
 """The sync's steps, one function per DAG task, each a few set-based statements in PostgreSQL.
 
-Every step reads what earlier steps left in this run's staging tables and writes its own staging table
-(dropping it first), all in one transaction, so a retried step gives the same result and any step can run
-in a different process or host. Only small summaries (counts) come back to Python.
+Every step reads what earlier steps left in this run's staging tables and, up to resolve_parameter_names,
+writes its own staging table (dropping it first), all in one transaction, so a retried step gives the same
+result and any step can run in a different process or host. The changes themselves are never stored: they
+are counted, then computed again inside the statement that applies them. Only small summaries (counts)
+come back to Python.
 """
 
 from __future__ import annotations
