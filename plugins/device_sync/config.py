@@ -103,7 +103,27 @@ class Settings(BaseSettings):
         100, ge=0, description="The mass-delete guard only applies once the table holds this many rows."
     )
     health_max_age_minutes: int | None = Field(
-        None, ge=1, description="Age of the last applied sync after which /health answers 503 (default: 3 intervals)."
+        None,
+        ge=1,
+        description="Age of the last applied sync after which /health answers 503; unset: count missed fire times "
+        "instead (DEVICE_SYNC_HEALTH_MISSED_RUNS).",
+    )
+    health_missed_runs: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Scheduled fire times since the last applied sync after which /health answers 503 (used when "
+        "DEVICE_SYNC_HEALTH_MAX_AGE_MINUTES is unset; a weekend without fire times is not an outage).",
+    )
+    max_clock_skew_seconds: int = Field(
+        300,
+        ge=0,
+        le=3600,
+        description="How far a run's window end may lie after the database's now() (clock skew between Airflow "
+        "and PostgreSQL); a window ending later is refused before anything is staged.",
+    )
+    cloudwatch_timeout_seconds: int = Field(
+        10, ge=1, le=300, description="Connect and read timeout of every CloudWatch call (two attempts at most)."
     )
 
     @field_validator("schedule")
