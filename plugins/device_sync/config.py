@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
@@ -149,6 +149,14 @@ class Settings(BaseSettings):
         runs = croniter(self.schedule, 0)
         fire_times = [runs.get_next(float) for _ in range(8)]
         return timedelta(seconds=max(b - a for a, b in itertools.pairwise(fire_times)))
+
+    def fire_times_between(self, after: datetime, until: datetime, *, limit: int) -> int:
+        """How many scheduled fire times lie in ``(after, until]`` (UTC), counting at most ``limit``."""
+        runs = croniter(self.schedule, after.astimezone(UTC))
+        count = 0
+        while count < limit and runs.get_next(datetime) <= until:
+            count += 1
+        return count
 
     @property
     def health_max_age(self) -> timedelta:
