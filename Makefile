@@ -24,11 +24,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(UV)
 	touch $@
 
 demo: venv
-	$(VENV)/bin/python scripts/demo.py
+	$(if $(FORCE_DROP),DEVICE_SYNC_FORCE_DROP=$(FORCE_DROP)) $(VENV)/bin/python scripts/demo.py
 
 # A real local Airflow (api-server, scheduler, dag-processor, triggerer) on http://127.0.0.1:8080.
 airflow: venv
-	$(VENV)/bin/python scripts/airflow_stack.py start
+	$(if $(FORCE_DROP),DEVICE_SYNC_FORCE_DROP=$(FORCE_DROP)) $(VENV)/bin/python scripts/airflow_stack.py start
 
 airflow-stop: venv
 	$(VENV)/bin/python scripts/airflow_stack.py stop

@@ -60,6 +60,7 @@ The wall clock never chooses the window: `airflow dags test device_parameter_syn
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, chain, dag, task, teardown
 
@@ -128,17 +129,21 @@ settings = load_settings()
     },
 )
 def device_parameter_sync() -> None:
+    # A step that failed for good (not an attempt a retry may fix) marks the run failed in the run history.
+    step = partial(task, on_failure_callback=tasks.record_step_failure)
     steps = [
-        task(tasks.discover_active_devices)(),
+        step(tasks.discover_active_devices)(),
         # One mapped task per shard of the active devices (DEVICE_SYNC_AGGREGATION_SHARDS, default 1).
-        task(tasks.aggregate_recent_measurements, doc_md=tasks.aggregate_recent_measurements.__doc__).expand(
+        step(tasks.aggregate_recent_measurements, doc_md=tasks.aggregate_recent_measurements.__doc__).expand(
             shard=list(range(settings.aggregation_shards))
         ),
-        task(tasks.resolve_parameter_names)(),
-        task(tasks.compute_delta)(),
-        task(tasks.apply_changes)(),
+        step(tasks.resolve_parameter_names)(),
+        step(tasks.compute_delta)(),
+        step(tasks.apply_changes)(),
     ]
-    publish = task(tasks.publish_metrics, trigger_rule=TriggerRule.ALL_DONE)()
+    # No task retries: the CloudWatch client retries once within DEVICE_SYNC_CLOUDWATCH_TIMEOUT_SECONDS, so an
+    # outage costs the run seconds and does not hold its staging tables (and the next run) for minutes.
+    publish = task(tasks.publish_metrics, trigger_rule=TriggerRule.ALL_DONE, retries=0)()
     chain(*steps, publish, teardown(tasks.cleanup_staging)())
     # publish_metrics always runs, so on its own it would turn a failed sync into a green run;
     # the watcher fails the run whenever a step or the publishing failed.

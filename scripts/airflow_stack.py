@@ -1,14 +1,17 @@
 """A real local Airflow 3 for device-sync: api-server, scheduler, dag-processor and triggerer from .venv,
 plus a moto server standing in for CloudWatch.
 
-    python scripts/airflow_stack.py start [--home DIR] [--port N] [--no-demo]   # `make airflow`
-    python scripts/airflow_stack.py stop  [--home DIR]                          # `make airflow-stop`
+    python scripts/airflow_stack.py start [--home DIR] [--port N] [--no-demo] [--force-drop]   # `make airflow`
+    python scripts/airflow_stack.py stop  [--home DIR]                                         # `make airflow-stop`
 
 LocalExecutor, a PostgreSQL metadata database of its own (``<name>_airflow`` on the same server as the data),
 the project's dags/ and plugins/, Airflow's simple auth manager with two local logins (admin and viewer,
 passwords written to ``<home>/passwords.json``). ``start`` waits until every component is healthy, loads the
 demo fleet into the data database (unless --no-demo) and prints the UI address and the logins. Every
 process it starts is recorded by pid in ``<home>/pids`` and ``stop`` ends exactly those.
+``start`` re-creates ``device_sync_demo`` and ``device_sync_airflow``: it refuses (and drops neither) while
+another session is connected to either, unless --force-drop or DEVICE_SYNC_FORCE_DROP=1 is given, which
+disconnects those sessions.
 The tests import :class:`AirflowStack` to run the same stack.
 """
 
@@ -26,12 +29,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
@@ -53,10 +58,93 @@ def airflow_uri(conninfo: str) -> str:
     )
 
 
-def recreate_database(admin_url: str, name: str) -> str:
+FORCE_DROP_ENV = "DEVICE_SYNC_FORCE_DROP"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+# Sessions that block a plain DROP DATABASE: every backend on it but our own and autovacuum workers (which
+# DROP DATABASE cancels by itself), as PostgreSQL's CountOtherDBBackends counts them.
+_OTHER_SESSIONS = """
+SELECT pid, coalesce(application_name, ''), coalesce(usename, '')
+FROM pg_stat_activity
+WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type IS DISTINCT FROM 'autovacuum worker'
+ORDER BY pid
+"""
+
+
+class DatabaseInUseError(RuntimeError):
+    """A database we were asked to drop has other sessions connected, and dropping was not forced."""
+
+    def __init__(self, name: str, sessions: list[tuple[int, str, str]], detail: str = "") -> None:
+        self.name = name
+        self.sessions = sessions
+        count = len(sessions)
+        who = ", ".join(
+            f"pid {pid}" + (f" {app!r}" if app else "") + (f" as {user}" if user else "")
+            for pid, app, user in sessions[:5]
+        ) + (", ..." if count > 5 else "")
+        if count:
+            state = f"{count} other session{'s are' if count != 1 else ' is'} connected to it ({who})"
+        else:
+            state = "it is in use" + (f" ({detail})" if detail else "")
+        super().__init__(
+            f'Refusing to drop database "{name}": {state}. Stop what uses it (`make airflow-stop` stops the local '
+            f"Airflow of `make airflow`; close psql and other clients) and run again, or drop it anyway, disconnecting "
+            f"every session, with --force-drop or {FORCE_DROP_ENV}=1 (make demo FORCE_DROP=1, make airflow "
+            f"FORCE_DROP=1)."
+        )
+
+
+def force_drop_requested(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether DEVICE_SYNC_FORCE_DROP asks to drop databases even when other sessions use them."""
+    value = (os.environ if environ is None else environ).get(FORCE_DROP_ENV, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{FORCE_DROP_ENV}={value!r}: use 1 (drop even if in use) or 0 (refuse if in use)")
+
+
+def other_sessions(admin: psycopg.Connection[Any], name: str) -> list[tuple[int, str, str]]:
+    """(pid, application_name, user) of every session, other than ``admin``, connected to database ``name``."""
+    return [(int(pid), str(app), str(user)) for pid, app, user in admin.execute(_OTHER_SESSIONS, (name,)).fetchall()]
+
+
+def check_droppable(admin: psycopg.Connection[Any], name: str, settle: float = 1.0) -> None:
+    """Raise DatabaseInUseError if other sessions stay connected to ``name`` for ``settle`` seconds (so that
+    the backends of clients that have just been stopped may finish exiting)."""
+    if admin.info.dbname == name:
+        raise DatabaseInUseError(name, [], "the admin URL connects to it: point it at another database, e.g. postgres")
+    deadline = time.monotonic() + settle
+    while sessions := other_sessions(admin, name):
+        if time.monotonic() >= deadline:
+            raise DatabaseInUseError(name, sessions)
+        time.sleep(0.1)
+
+
+def drop_database(admin_url: str, name: str, *, force: bool = False) -> None:
+    """DROP DATABASE IF EXISTS ``name``. Unless ``force``, refuse with DatabaseInUseError while any other session
+    is connected to it: checked first, then the DROP runs without FORCE, so that a session connecting in
+    between makes the server refuse too (and it is reported the same way). With ``force`` the other sessions
+    are terminated (DROP DATABASE ... WITH (FORCE))."""
+    statement = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
     with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
+        if force:
+            admin.execute(statement + sql.SQL(" WITH (FORCE)"))
+            return
+        check_droppable(admin, name)
+        try:
+            admin.execute(statement)
+        except psycopg.errors.ObjectInUse as error:
+            detail = "; ".join(filter(None, (error.diag.message_primary, error.diag.message_detail))) or str(error)
+            raise DatabaseInUseError(name, other_sessions(admin, name), detail) from error
+
+
+def recreate_database(admin_url: str, name: str, *, force: bool = False) -> str:
+    """Drop (see :func:`drop_database`: refused while others use it, unless ``force``) and create database
+    ``name``; return its libpq URL. Safe as is for a fresh, uniquely named database."""
+    drop_database(admin_url, name, force=force)
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return psycopg.conninfo.make_conninfo(admin_url, dbname=name)
 
 
@@ -74,6 +162,7 @@ class AirflowStack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     start_seconds: float = 0.0
     moto_port: int = 0
+    force_drop: bool = False  # drop the metadata database even while other sessions use it
 
     @property
     def base_url(self) -> str:
@@ -120,7 +209,7 @@ class AirflowStack:
         """Fresh home, metadata database, logins and settings; then `airflow db migrate`."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
-        metadata_url = recreate_database(self.admin_url, self.metadata_db)
+        metadata_url = recreate_database(self.admin_url, self.metadata_db, force=self.force_drop)
         params = psycopg.conninfo.conninfo_to_dict(metadata_url)
         password = f":{params['password']}" if params.get("password") else ""
         sql_alchemy_conn = (
@@ -275,7 +364,17 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=REPO / ".airflow")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--no-demo", action="store_true", help="do not (re)load the demo fleet")
+    parser.add_argument(
+        "--force-drop",
+        action="store_true",
+        help=f"re-create device_sync_demo and device_sync_airflow even while other sessions are connected to them, "
+        f"disconnecting those (also: {FORCE_DROP_ENV}=1); by default start refuses",
+    )
     args = parser.parse_args()
+    try:
+        force_drop = args.force_drop or force_drop_requested()
+    except ValueError as error:
+        parser.error(str(error))
     admin_url = os.environ.get("DEVICE_SYNC_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     data_url = psycopg.conninfo.make_conninfo(admin_url, dbname="device_sync_demo")
     moto_port = free_port()
@@ -293,6 +392,7 @@ def main() -> None:
         components=(*COMPONENTS, "moto"),
         moto_port=moto_port,
         extra_env={"AIRFLOW_CONN_AWS_DEFAULT": json.dumps(moto_connection)},
+        force_drop=force_drop,
     )
     if args.action == "stop":
         stack.stop()
@@ -300,15 +400,23 @@ def main() -> None:
         return
     if (args.home / "pids").exists():
         stack.stop()
-    if not args.no_demo:
-        from device_sync.demo import load_demo_fleet
+    demo_db = "device_sync_demo"
+    try:
+        if not force_drop:  # check both databases before dropping either
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                for name in (stack.metadata_db,) if args.no_demo else (demo_db, stack.metadata_db):
+                    check_droppable(admin, name)
+        if not args.no_demo:
+            from device_sync.demo import load_demo_fleet
 
-        recreate_database(admin_url, "device_sync_demo")
-        with psycopg.connect(data_url) as conn:
-            load_demo_fleet(conn, datetime.now(UTC).replace(minute=0, second=0, microsecond=0))
-        print("Demo fleet loaded into database device_sync_demo.")
-    started = time.monotonic()
-    stack.prepare()
+            recreate_database(admin_url, demo_db, force=force_drop)
+            with psycopg.connect(data_url) as conn:
+                load_demo_fleet(conn, datetime.now(UTC).replace(minute=0, second=0, microsecond=0))
+            print(f"Demo fleet loaded into database {demo_db}.")
+        started = time.monotonic()
+        stack.prepare()
+    except DatabaseInUseError as error:
+        raise SystemExit(str(error)) from None
     stack.start()
     passwords = stack.passwords
     print(f"Airflow is up after {time.monotonic() - started:.0f} s: {stack.base_url}")

@@ -5,10 +5,15 @@ Run with ``make demo``. It never touches existing data: it creates (and re-creat
   1. the server of ``DEVICE_SYNC_DATABASE_URL`` (a libpq URL of any database you may CREATE DATABASE from);
   2. 127.0.0.1:5432 as user postgres;
   3. a throwaway cluster it starts from the PostgreSQL binaries on the machine (stopped at the end).
+
+It refuses to drop ``device_sync_demo`` while another session is connected to it (a psql, a running
+``make airflow``, ...) and says so; ``--force-drop`` (or ``DEVICE_SYNC_FORCE_DROP=1``, ``make demo
+FORCE_DROP=1``) drops it anyway, disconnecting those sessions.
 """
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import logging
@@ -30,7 +35,14 @@ from moto.server import ThreadedMotoServer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
-from airflow_stack import airflow_uri, free_port  # noqa: E402
+from airflow_stack import (  # noqa: E402
+    FORCE_DROP_ENV,
+    DatabaseInUseError,
+    airflow_uri,
+    force_drop_requested,
+    free_port,
+    recreate_database,
+)
 
 from device_sync import metrics  # noqa: E402
 from device_sync.demo import load_demo_fleet  # noqa: E402
@@ -195,15 +207,34 @@ def sync_and_report(
     return sums
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--force-drop",
+        action="store_true",
+        help=f"re-create the demo database even while other sessions are connected to it, disconnecting them "
+        f"(also: {FORCE_DROP_ENV}=1); by default the demo refuses",
+    )
+    parser.add_argument("--database", default=DEMO_DB, help=f"the demo's database (default: {DEMO_DB})")
+    args = parser.parse_args(argv)
+    try:
+        args.force_drop = args.force_drop or force_drop_requested()
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    demo_db: str = args.database
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     WORK.mkdir(exist_ok=True)
     window_end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     with server() as admin_url:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{DEMO_DB}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{DEMO_DB}"')
-        database_url = psycopg.conninfo.make_conninfo(admin_url, dbname=DEMO_DB)
+        try:
+            database_url = recreate_database(admin_url, demo_db, force=args.force_drop)
+        except DatabaseInUseError as error:
+            raise SystemExit(str(error)) from None
         moto_port = free_port()
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port)
         moto.start()
@@ -218,7 +249,7 @@ def main() -> None:
                     "(SELECT count(*) FROM iot_data.measurements)"
                 ).fetchone() or (0, 0, 0)
                 say(
-                    f"Demo fleet in database {DEMO_DB}: {counts[0]} devices, {counts[1]} parameters, "
+                    f"Demo fleet in database {demo_db}: {counts[0]} devices, {counts[1]} parameters, "
                     f"{counts[2]:,} measurements over the day before {window_end:%Y-%m-%d %H:%M} UTC "
                     f"({time.monotonic() - started:.1f} s)"
                 )

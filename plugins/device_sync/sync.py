@@ -116,8 +116,14 @@ def step_file(step: str) -> str:
     }[step]
 
 
-def _summary(cur: psycopg.Cursor[Any], name: str, staging: StagingTables, settings: Settings) -> dict[str, int]:
-    row = db.fetch_one_dict(cur, db.compose(f"{SQL}{name}_summary.sql", staging.identifiers(settings)))
+def _summary(
+    cur: psycopg.Cursor[Any],
+    name: str,
+    staging: StagingTables,
+    settings: Settings,
+    params: dict[str, Any] | None = None,
+) -> dict[str, int]:
+    row = db.fetch_one_dict(cur, db.compose(f"{SQL}{name}_summary.sql", staging.identifiers(settings)), params)
     return {key: int(value) for key, value in row.items()}
 
 
@@ -142,20 +148,57 @@ def _scope(device_ids: Sequence[str] | None) -> dict[str, Any]:
     return {"device_ids": list(device_ids) if device_ids is not None else None}
 
 
+# Unicode's White_Space characters, as one regular expression class: a name made only of these is missing.
+# (PostgreSQL's btrim strips spaces only, and [[:space:]] depends on the database's locale.)
+BLANK_NAME_PATTERN = r"^[\u0009-\u000D\u0020\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$"
+
+
+def _names(device_ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """The bound parameters of the statements that judge names: the device scope and the blank-name pattern."""
+    return {**_scope(device_ids), "blank_name": BLANK_NAME_PATTERN}
+
+
+class FutureWindow(ValueError):
+    """The run's window ends after the database's now(): it has not happened yet. Retrying will not help."""
+
+
+def refuse_future_window(conn: psycopg.Connection[Any], settings: Settings, window_end: datetime) -> None:
+    """Raise :class:`FutureWindow` when ``window_end`` lies more than DEVICE_SYNC_MAX_CLOCK_SKEW_SECONDS after
+    the database's ``now()``.
+
+    Applying such a window would make every later (real) run an older window that the forward-only guard
+    refuses to apply, until the wall clock passed its end.
+    """
+    with db.transaction(conn, settings.statement_timeout_seconds) as cur:
+        now = db.fetch_one_dict(cur, "SELECT now() AS now")["now"]
+    skew = timedelta(seconds=settings.max_clock_skew_seconds)
+    if window_end > now + skew:
+        raise FutureWindow(
+            f"the run's window ends at {window_end.isoformat()}, after the database's now() {now.isoformat()} "
+            f"(DEVICE_SYNC_MAX_CLOCK_SKEW_SECONDS={settings.max_clock_skew_seconds}): a window that has not "
+            f"happened yet is never synced, so nothing was staged or applied. Run it for a past or current "
+            f"logical date (airflow dags test device_parameter_sync <a time not in the future>)."
+        )
+
+
 def discover_active_devices(
     conn: psycopg.Connection[Any],
     settings: Settings,
     staging: StagingTables,
     device_ids: Sequence[str] | None = None,
+    window_end: datetime | None = None,
 ) -> dict[str, int]:
     """Stage the active devices (``status IS TRUE``), one row per device id; count skipped device rows.
 
-    With ``device_ids`` only those devices take part in the run (nothing outside them changes).
+    With ``device_ids`` only those devices take part in the run (nothing outside them changes). A
+    ``window_end`` in the future is refused first (:func:`refuse_future_window`), before anything is staged.
     """
+    if window_end is not None:
+        refuse_future_window(conn, settings, window_end)
     ensure_schema(conn, settings)
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
-        _rebuild(cur, "active_devices", staging, settings, _scope(device_ids))
-        return _summary(cur, "discover_active_devices", staging, settings)
+        _rebuild(cur, "active_devices", staging, settings, _names(device_ids))
+        return _summary(cur, "discover_active_devices", staging, settings, _scope(device_ids))
 
 
 SKIP_SCAN = "skip_scan"
@@ -248,7 +291,7 @@ def resolve_parameter_names(
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
         combine_shards(cur, settings, staging, shards)
         observed = _summary(cur, "aggregate_recent_measurements", staging, settings)
-        _rebuild(cur, "resolved_pairs", staging, settings, statistics=False)
+        _rebuild(cur, "resolved_pairs", staging, settings, _names(), statistics=False)
         return {**observed, **_summary(cur, "resolve_parameter_names", staging, settings)}
 
 
@@ -335,6 +378,8 @@ def apply_changes(
     run = run or {"run_id": staging.run_key, "dag_id": "device_parameter_sync"}
     # A run that does not say when it started started no later than now (never after its finished_at).
     run = {**run, "started_at": run.get("started_at") or datetime.now(UTC)}
+    if run.get("window_end") is not None and not dry_run:
+        refuse_future_window(conn, settings, run["window_end"])
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
         db.run(cur, db.load_sql(f"{SQL}lock_target.sql"))
         state = db.fetch_one_dict(
@@ -476,6 +521,7 @@ SKIP_REASONS = (
     "id_too_long",
     "device_name_missing_pairs",
     "device_id_null",
+    "device_id_empty",
     "device_status_null",
     "device_duplicate_rows",
     "measurement_id_null",
@@ -512,7 +558,7 @@ def sync_once(
     """All steps in order, as the DAG runs them (its shards one after the other); for tests and the demo."""
     started_at = datetime.now(UTC)
     try:
-        devices = discover_active_devices(conn, settings, staging, device_ids)
+        devices = discover_active_devices(conn, settings, staging, device_ids, window_end=window.end)
         pairs = [
             aggregate_recent_measurements(conn, settings, staging, window, shard=shard, shards=shards)
             for shard in range(shards)
@@ -541,6 +587,15 @@ def sync_once(
             allow_mass_delete=allow_mass_delete,
             force_apply=force_apply,
         )
-    finally:
-        drop_staging(conn, settings, staging)
+    except BaseException:
+        # The original error matters more than a failed cleanup (after a killed backend the connection is gone).
+        if conn.broken or conn.closed:
+            log.warning("Not dropping the staging tables of %s: the connection is gone", staging.run_key)
+        else:
+            try:
+                drop_staging(conn, settings, staging)
+            except psycopg.Error as cleanup_error:
+                log.warning("Could not drop the staging tables of %s: %s", staging.run_key, cleanup_error)
+        raise
+    drop_staging(conn, settings, staging)
     return {**devices, "method": pairs[0]["method"], **names, **delta, **applied, "skipped": run["skipped"]}

@@ -160,9 +160,13 @@ def connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
         raise AirflowFailException(
             f"{type(error).__name__}: {error} (not retried: fix the database or the configuration)"
         ) from error
-    except (sync.GuardTripped, sync.StagingMissing) as error:
+    except (sync.GuardTripped, sync.StagingMissing, sync.FutureWindow) as error:
         raise AirflowFailException(str(error)) from error
     except psycopg.errors.QueryCanceled as error:
+        if not is_statement_timeout(error):
+            # An administrator's pg_cancel_backend, a failover, a shutdown: a fault, so Airflow retries it.
+            log.warning("A statement was cancelled, not by the statement timeout; the task will be retried: %s", error)
+            raise
         raise AirflowFailException(
             f"A statement ran longer than DEVICE_SYNC_STATEMENT_TIMEOUT_SECONDS={settings.statement_timeout_seconds}"
             f" and was cancelled; nothing of this step was written. Raise the timeout or look for a missing"
@@ -172,22 +176,42 @@ def connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
         conn.close()
 
 
+def is_statement_timeout(error: Exception) -> bool:
+    """Whether a cancelled statement (SQLSTATE 57014) hit statement_timeout rather than another cancel.
+
+    Both share the SQLSTATE; only the server's message tells them apart ("canceling statement due to statement
+    timeout" against "... due to user request"). A server whose lc_messages is not English gives another text:
+    its timeouts are then retried like any other cancel, which costs time but never data.
+    """
+    diag = getattr(error, "diag", None)
+    message = (getattr(diag, "message_primary", None) or str(error)).lower()
+    return "statement timeout" in message
+
+
 def _step(name: str, context: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
     from device_sync import sync
 
     settings = load_settings()
     staging = staging_of(context["dag_run"], settings)
     started = time.monotonic()
-    try:
-        with connection(settings) as conn:
-            summary: dict[str, Any] = getattr(sync, name)(conn, settings, staging, **kwargs)
-    except Exception as error:
-        guard = error.__cause__.guard if isinstance(error.__cause__, sync.GuardTripped) else None
-        record_failure(context, settings, f"{name}: {error}", guard=guard)
-        raise
+    with connection(settings) as conn:
+        summary: dict[str, Any] = getattr(sync, name)(conn, settings, staging, **kwargs)
     summary[f"{name}_seconds"] = round(time.monotonic() - started, 3)
     log.info("%s: %s", name, summary)
     return summary
+
+
+def record_step_failure(context: Mapping[str, Any]) -> None:
+    """on_failure_callback of the steps: Airflow calls it once the task has failed for good (its last attempt,
+    or an error that is not retried), never for an attempt that a retry may still fix. Marks the run failed
+    in the run history with the task id first in the error (``<task_id>: <error>``) and the guard, if any."""
+    from device_sync import sync
+
+    error = context.get("exception")
+    task_id = context["ti"].task_id
+    cause = getattr(error, "__cause__", None)
+    guard = cause.guard if isinstance(cause, sync.GuardTripped) else None
+    record_failure(context, load_settings(), f"{task_id}: {error or 'failed (see its log)'}", guard=guard)
 
 
 def record_failure(
@@ -206,9 +230,11 @@ def record_failure(
 
 def discover_active_devices(**context: Any) -> dict[str, Any]:
     """Stage the active devices (status IS TRUE) of iot_data.redshift_devices; count skipped device rows."""
+    settings = load_settings()
     options = RunOptions.from_params(context.get("params"))
     log.info("Run options: %s", options)
-    return _step("discover_active_devices", context, device_ids=options.device_ids)
+    window = run_window(context["dag_run"], settings, options)
+    return _step("discover_active_devices", context, device_ids=options.device_ids, window_end=window.end)
 
 
 def aggregate_recent_measurements(shard: int = 0, **context: Any) -> dict[str, Any]:
@@ -303,6 +329,13 @@ def run_summary(ti: Any, dag_run: Any) -> dict[str, Any]:
         # The shards run side by side: the slowest one is the aggregation's time.
         summary[f"{AGGREGATE}_seconds"] = max(shard.get(f"{AGGREGATE}_seconds", 0.0) for shard in shards)
     summary["success"] = 1 if step_summaries["apply_changes"] else 0
+    if not summary["success"]:  # the first step without a summary is the one that failed
+        aggregated = bool(shards) and len(shards) == shards[0].get("shards", len(shards))
+        summary["failed_task"] = next(
+            task_id
+            for task_id in STEP_TASK_IDS
+            if not (aggregated if task_id == AGGREGATE else step_summaries[task_id])
+        )
     guard = step_summaries["apply_changes"].get("guard") or recorded_guard(dag_run)
     for name in sync.GUARDS:
         summary[f"guard_{name}"] = 1 if guard == name else 0
@@ -321,7 +354,8 @@ def publish_metrics(**context: Any) -> dict[str, Any]:
     summary = run_summary(context["ti"], context["dag_run"])
     log.info("Run summary: %s", summary)
     if not summary["success"]:  # again, in case the database was down when the step failed
-        record_failure(context, settings, "a step failed: see the task logs of this run", keep_error=True)
+        failed = summary.get("failed_task") or "a step"
+        record_failure(context, settings, f"{failed}: failed, see the task logs of this run", keep_error=True)
     metrics.publish(
         summary, aws_conn_id=settings.aws_conn_id, namespace=settings.cloudwatch_namespace, stage=settings.stage
     )

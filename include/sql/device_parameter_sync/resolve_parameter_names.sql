@@ -1,5 +1,6 @@
 -- Names every observed pair. A pair that cannot be named is kept with a skip_reason: it is neither
 -- inserted nor deleted (bad source data must not delete a row that is still being reported).
+-- A name made only of Unicode whitespace (%(blank_name)s) is missing.
 -- Duplicate parameter rows resolve deterministically: a usable name first, then the smallest name.
 CREATE UNLOGGED TABLE {resolved_pairs} AS
 WITH parameters AS (
@@ -8,7 +9,7 @@ WITH parameters AS (
            parameter_name
     FROM iot_data.timescale_parameters
     WHERE parameter_id IS NOT NULL
-    ORDER BY parameter_id::text, (parameter_name IS NULL OR btrim(parameter_name) = ''), parameter_name
+    ORDER BY parameter_id::text, (parameter_name IS NULL OR parameter_name ~ %(blank_name)s), parameter_name
 )
 SELECT observed.device_id,
        observed.parameter_id,
@@ -20,7 +21,7 @@ SELECT observed.device_id,
                THEN 'id_too_long'
            WHEN devices.name_missing THEN 'device_name_missing'
            WHEN parameters.parameter_id IS NULL THEN 'parameter_unknown'
-           WHEN parameters.parameter_name IS NULL OR btrim(parameters.parameter_name) = ''
+           WHEN parameters.parameter_name IS NULL OR parameters.parameter_name ~ %(blank_name)s
                THEN 'parameter_name_missing'
        END AS skip_reason
 FROM {observed_pairs} AS observed

@@ -1,0 +1,102 @@
+"""Refuses, at the REST API, a trigger of ``device_parameter_sync`` whose window would end in the future.
+
+A run for a future logical date never starts its tasks (Airflow's scheduler waits until the logical date),
+so the tasks' own check (:func:`device_sync.sync.refuse_future_window`) cannot refuse it: the run would sit
+"running" for years with its teardown pending and, with ``max_active_runs=1``, every later run queued behind
+it. This ASGI middleware, installed on ``airflow api-server`` by the plugin, answers such a
+``POST /api/v2/dags/device_parameter_sync/dagRuns`` (the Trigger DAG form of the UI uses the same call) with
+422 and a message naming the window end and now. Every other request passes through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+DAG_ID = "device_parameter_sync"
+MAX_BODY_BYTES = 1_048_576  # larger bodies are left to Airflow's own validation
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _instant(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None  # Airflow refuses it with its own message
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def future_window_refusal(body: bytes, now: datetime, max_clock_skew: timedelta) -> str | None:
+    """Why the trigger request ``body`` must be refused (its window would end after ``now`` + skew), or None.
+
+    The window ends at ``data_interval_end`` when the request gives one, else at its ``logical_date`` (the
+    DAG's timetable ends a manual run's data interval there); without either it ends at ``run_after``, when
+    the run starts, which is never in the future.
+    """
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    if not isinstance(request, dict):
+        return None
+    window_end = _instant(request.get("data_interval_end")) or _instant(request.get("logical_date"))
+    if window_end is None or window_end <= now + max_clock_skew:
+        return None
+    return (
+        f"{DAG_ID}: the run's window would end at {window_end.isoformat()}, after now ({now.isoformat()}, "
+        f"DEVICE_SYNC_MAX_CLOCK_SKEW_SECONDS={int(max_clock_skew.total_seconds())}). A window that has not "
+        f"happened yet is never synced: its run would never start and would block every later run. Trigger "
+        f"with a past or current logical_date, or with none (the window then ends when the run starts)."
+    )
+
+
+class RefuseFutureTriggers:
+    """Pure ASGI middleware: reads the body of a trigger of :data:`DAG_ID`, then replays it to the app."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", "")).rstrip("/")
+        if scope["type"] != "http" or scope.get("method") != "POST" or not path.endswith(f"/dags/{DAG_ID}/dagRuns"):
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        body = b""
+        while len(body) <= MAX_BODY_BYTES:
+            message = await receive()
+            messages.append(message)
+            body += message.get("body", b"")
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        refusal = future_window_refusal(body, datetime.now(UTC), _max_clock_skew())
+        if refusal is not None:
+            await _send_json(send, 422, {"detail": refusal})
+            return
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _max_clock_skew() -> timedelta:
+    from device_sync.config import load_settings
+
+    return timedelta(seconds=load_settings().max_clock_skew_seconds)
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
