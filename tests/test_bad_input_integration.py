@@ -457,3 +457,44 @@ def test_a_valid_trigger_param_run_after_the_refused_ones_still_applies(
     assert dag_run.state == "success"
     assert target(conn) == {("d1", "p1"): ("Device 1", "Temp")}
     assert [row[:3] for row in history(conn)] == [(dag_run.run_id, "success", True)]
+
+
+# --- names made only of whitespace, empty ids -------------------------------------------------------------
+
+# Names made only of Unicode White_Space characters, none of them the ASCII space alone.
+WHITESPACE_NAMES = ("\t\n", "\u00a0", "\u2003\u3000", "\r\x0b\x0c", "\u2028 \u205f", "\x85", "\u1680\u202f")
+
+
+@pytest.mark.parametrize("blank_name", WHITESPACE_NAMES)
+def test_names_made_only_of_unicode_whitespace_are_missing_and_skipped(
+    conn: psycopg.Connection[Any], blank_name: str
+) -> None:
+    add_devices(conn, ("d1", "Device 1", True), ("d2", blank_name, True))
+    add_parameters(conn, ("p1", "Temp"), ("p2", blank_name))
+    add_measurements(conn, ("d1", "p1", INSIDE), ("d1", "p2", INSIDE), ("d2", "p1", INSIDE))
+
+    summary = run_sync(conn)
+
+    assert target(conn) == {("d1", "p1"): ("Device 1", "Temp")}
+    assert (summary["device_name_missing_pairs"], summary["parameter_name_missing"]) == (1, 1)
+    assert summary["skipped"] == 2
+
+
+def test_a_name_with_a_visible_character_among_whitespace_is_usable(conn: psycopg.Connection[Any]) -> None:
+    add_devices(conn, ("d1", "\u00a0x\t", True))
+    add_parameters(conn, ("p1", "\u200b"))  # a zero-width space is not White_Space: it is a (strange) name
+    add_measurements(conn, ("d1", "p1", INSIDE))
+    run_sync(conn)
+    assert target(conn) == {("d1", "p1"): ("\u00a0x\t", "\u200b")}
+
+
+def test_an_empty_device_id_is_skipped_and_counted(conn: psycopg.Connection[Any]) -> None:
+    add_devices(conn, ("", "Nameless id", True), ("d1", "Device 1", True))
+    add_parameters(conn, ("p1", "Temp"))
+    add_measurements(conn, ("", "p1", INSIDE), ("d1", "p1", INSIDE))
+
+    summary = run_sync(conn)
+
+    assert target(conn) == {("d1", "p1"): ("Device 1", "Temp")}
+    assert (summary["active_devices"], summary["device_id_empty"], summary["skipped"]) == (1, 1, 1)
+    assert summary["device_duplicate_rows"] == 0

@@ -328,6 +328,7 @@ def test_dag_run_whose_apply_backend_is_terminated_is_completed_by_airflows_retr
     run_dag: Any, conn: psycopg.Connection[Any], database_url: str
 ) -> None:
     seed_apply_with_every_kind_of_change(conn)
+    audit_run_history_statuses(conn)
     before = snapshot(conn)
     blocker = hold_row_lock(database_url, RENAMED)
     observer = Worker(lambda: terminate_apply_when_blocked(database_url, blocker))
@@ -361,7 +362,27 @@ def test_dag_run_whose_apply_backend_is_terminated_is_completed_by_airflows_retr
     ((row),) = history(conn)
     assert (row["run_id"], row["status"], row["applied"], row["error"]) == (dag_run.run_id, "success", True, None)
     assert (row["inserted"], row["updated"], row["deleted"]) == (2, 1, 2)
+    # The failed first attempt was retried: the run was never marked failed, not even for a moment.
+    assert query(conn, "SELECT status FROM device_sync.run_history_audit ORDER BY seq") == [("success",)]
     assert staging_tables(conn) == []
+
+
+def audit_run_history_statuses(conn: psycopg.Connection[Any]) -> None:
+    """Record every status ever written to the run history (a trigger: it sees even overwritten values)."""
+    sync.ensure_schema(conn, load_settings())
+    execute(
+        conn,
+        """
+        CREATE TABLE device_sync.run_history_audit (seq BIGSERIAL, status TEXT);
+        CREATE FUNCTION device_sync.audit_status() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO device_sync.run_history_audit (status) VALUES (NEW.status);
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER audit_status AFTER INSERT OR UPDATE ON device_sync.run_history
+            FOR EACH ROW EXECUTE FUNCTION device_sync.audit_status();
+        """,
+    )
 
 
 # --- PostgreSQL refuses connections, then comes back -----------------------------------------------------
@@ -496,6 +517,52 @@ def test_statement_timeout_fails_the_dag_run_at_once_naming_the_setting_and_appl
     assert "DEVICE_SYNC_STATEMENT_TIMEOUT_SECONDS=1" in row["error"]
     assert "canceling statement due to statement timeout" in row["error"]
     assert staging_tables(conn) == []
+
+
+# --- a statement cancelled by someone else --------------------------------------------------------------
+
+
+def cancel_when_sleeping(database_url: str) -> int:
+    """Cancel (pg_cancel_backend, as an administrator or a failover would) the backend running pg_sleep."""
+
+    def sleeping_pid() -> int | None:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%' AND pid <> pg_backend_pid()"
+            ).fetchone()
+        return int(row[0]) if row else None
+
+    pid = wait_for(sleeping_pid, "the sleeping statement")
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_cancel_backend(%s)", (pid,))
+    return int(pid)
+
+
+def test_a_statement_cancelled_by_someone_else_is_a_retried_fault_not_a_timeout(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    settings = load_settings()
+    canceller = Worker(lambda: cancel_when_sleeping(database_url))
+    canceller.start()
+    started = time.monotonic()
+    with pytest.raises(psycopg.errors.QueryCanceled, match="due to user request") as cancelled:  # noqa: SIM117
+        with tasks.connection(settings) as task_conn, db.transaction(task_conn, 60) as cur:
+            cur.execute("SELECT pg_sleep(30)")
+    canceller.join(timeout=30)
+    assert canceller.error is None, repr(canceller.error)
+    assert time.monotonic() - started < 20
+    # Not an AirflowFailException: Airflow retries the task.
+    assert not isinstance(cancelled.value, tasks.AirflowFailException)
+    assert not tasks.is_statement_timeout(cancelled.value)
+
+
+def test_a_statement_timeout_still_fails_at_once_naming_the_setting(conn: psycopg.Connection[Any]) -> None:
+    settings = load_settings()
+    with pytest.raises(tasks.AirflowFailException, match="DEVICE_SYNC_STATEMENT_TIMEOUT_SECONDS") as failed:  # noqa: SIM117
+        with tasks.connection(settings) as task_conn, db.transaction(task_conn, 1) as cur:
+            cur.execute("SELECT pg_sleep(5)")
+    assert isinstance(failed.value.__cause__, psycopg.errors.QueryCanceled)
+    assert tasks.is_statement_timeout(failed.value.__cause__)
 
 
 # --- the CloudWatch endpoint is down ---------------------------------------------------------------------

@@ -165,7 +165,7 @@ def test_dag_test_for_a_future_date_fails_at_once_and_the_next_real_run_still_ap
 
 @pytest.fixture(scope="module")
 def stack(moto_server: str) -> Iterator[Any]:
-    with running_airflow_stack(components=("api-server", "dag-processor")) as stack:
+    with running_airflow_stack() as stack:
         yield stack
 
 

@@ -396,6 +396,26 @@ def test_device_scope_changes_only_the_listed_devices(conn: psycopg.Connection[A
     assert (row["device_scope"], row["active_devices"], row["status"]) == (1, 1, "success")
 
 
+def test_a_scoped_run_counts_skipped_device_rows_only_within_its_scope(conn: psycopg.Connection[Any]) -> None:
+    """Active devices outside the scope are not "duplicate rows"; a real duplicate inside the scope is."""
+    add_devices(conn, *((f"dev-{i:05d}", f"Device {i}", True) for i in range(1, 109)))
+    add_devices(conn, ("dev-00050", "Device 50 again", True), (None, "No id", True), ("dev-00099", "x", None))
+    add_parameters(conn, ("p1", "Temp"))
+    add_measurements(conn, ("dev-00011", "p1", INSIDE), ("dev-00050", "p1", INSIDE))
+
+    summary = run_sync(conn, run_id="scoped-dry", device_ids=["dev-00011"], dry_run=True)
+
+    assert (summary["active_devices"], summary["device_duplicate_rows"], summary["skipped"]) == (1, 0, 0)
+    assert (summary["device_id_null"], summary["device_status_null"]) == (0, 0)
+    assert history(conn)["scoped-dry"]["skipped"] == 0
+
+    summary = run_sync(conn, run_id="scoped-dup", device_ids=["dev-00011", "dev-00050"], dry_run=True)
+    assert (summary["active_devices"], summary["device_duplicate_rows"], summary["skipped"]) == (2, 1, 1)
+
+    summary = run_sync(conn, run_id="everything", dry_run=True)  # unscoped: every bad row counts
+    assert (summary["device_duplicate_rows"], summary["device_id_null"], summary["device_status_null"]) == (1, 1, 1)
+
+
 # --- record_failure ------------------------------------------------------------------------------------
 
 

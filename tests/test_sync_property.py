@@ -9,10 +9,12 @@ The model is written from the sync's rules, not from its SQL:
   non-NULL ids and an active device;
 * an observed pair is desired when its device name is non-blank and its parameter is known with a
   non-blank name, otherwise it is skipped;
-* the final target is the desired pairs (with their names) plus the old rows of skipped pairs, unchanged.
+* the final target is the desired pairs (with their names) plus the old rows of skipped pairs, unchanged;
+* a blank name is NULL or made only of Unicode White_Space characters; an empty device id is no device
+  (skipped and counted).
 
 Ids come from small alphabets with case and trailing-space variants so that collisions happen; names are
-lowercase ASCII letters and spaces. A second sync over the same window must then write nothing.
+lowercase ASCII letters, spaces and a few other whitespace characters. A second sync over the same window must then write nothing.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ START = END - timedelta(minutes=LOOKBACK)
 MICROSECOND = timedelta(microseconds=1)
 
 # Small id alphabets with case and trailing-space variants, so that ids collide and near-collide.
-DEVICE_IDS = ["d1", "D1", "d1 ", "d2", None]
+DEVICE_IDS = ["d1", "D1", "d1 ", "d2", "", None]
 MEASURED_DEVICE_IDS = [*DEVICE_IDS, "d3"]  # d3 has no device row
 PARAMETER_IDS = ["p1", "P1", "p1 ", "p2", None]
 MEASURED_PARAMETER_IDS = [*PARAMETER_IDS, "p9"]  # p9 has no parameter row
@@ -57,9 +59,11 @@ OUTSIDE_TIMES = [
 # Names: lowercase ASCII letters and spaces only (see collation_rank for their order). Draws are weighted
 # towards usable values (repeated branches) so that most examples have desired pairs, updates and deletes,
 # while NULL ids, unknown ids, inactive devices and blank names still come up in many examples.
-names = st.text(alphabet="ab ", max_size=3)
-usable_names = st.text(alphabet="ab ", min_size=1, max_size=3).filter(lambda n: n.strip(" ") != "")
-source_names = st.one_of(usable_names, usable_names, names, st.sampled_from([None, "", " ", "   "]))
+names = st.text(alphabet="ab \t\u00a0", max_size=3)
+usable_names = st.text(alphabet="ab \u3000", min_size=1, max_size=3).filter(lambda n: not blank(n))
+source_names = st.one_of(
+    usable_names, usable_names, names, st.sampled_from([None, "", " ", "   ", "\t\n", "\u00a0", "\u2003 \u3000"])
+)
 statuses = st.sampled_from([True, True, True, False, None])
 times = st.one_of(*[st.sampled_from(INSIDE_TIMES)] * 3, st.sampled_from(OUTSIDE_TIMES))
 
@@ -70,9 +74,15 @@ MeasurementRow = tuple[str | None, str | None, datetime | None]
 Scenario = tuple[list[DeviceRow], list[ParameterRow], list[MeasurementRow], dict[Pair, tuple[str, str]]]
 
 
+# Unicode's White_Space property, written out (Python's str.isspace also counts U+001C..U+001F).
+WHITE_SPACE = set("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | {
+    chr(c) for c in range(0x2000, 0x200B)
+}
+
+
 def blank(name: str | None) -> bool:
-    """NULL or only spaces (PostgreSQL's btrim(x) = '' with the default characters: spaces only)."""
-    return name is None or name.strip(" ") == ""
+    """NULL or made only of White_Space characters."""
+    return name is None or all(character in WHITE_SPACE for character in name)
 
 
 def _often(*choices: Iterable[Any]) -> st.SearchStrategy[Any]:
@@ -91,7 +101,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     """
     # Any rows, plus (mostly) a row or two that is certainly usable, all in a random order.
     device_rows = draw(st.lists(st.tuples(st.sampled_from(DEVICE_IDS), source_names, statuses), max_size=7))
-    usable_device_row = st.tuples(st.sampled_from(DEVICE_IDS[:-1]), usable_names, st.just(True))
+    usable_device_row = st.tuples(st.sampled_from([d for d in DEVICE_IDS if d]), usable_names, st.just(True))
     device_rows += [draw(usable_device_row) for _ in range(draw(st.sampled_from([1, 1, 2, 0])))]
     device_rows = draw(st.permutations(device_rows))
     parameter_rows = draw(st.lists(st.tuples(st.sampled_from(PARAMETER_IDS), source_names), max_size=6))
@@ -130,7 +140,7 @@ def model(
     """The expected final target, run summary and skipped pairs."""
     active_rows: dict[str, list[str | None]] = {}
     for device_id, name, status in device_rows:
-        if device_id is not None and status is True:
+        if device_id and status is True:
             active_rows.setdefault(device_id, []).append(name)
     device_name = {device_id: choose(rows, rank) for device_id, rows in active_rows.items()}
 
@@ -171,6 +181,7 @@ def model(
         "active_devices": len(device_name),
         "device_name_missing": sum(1 for name in device_name.values() if blank(name)),
         "device_id_null": sum(1 for d, _, _ in device_rows if d is None),
+        "device_id_empty": sum(1 for d, _, s in device_rows if d == "" and s is True),
         "device_status_null": sum(1 for d, _, s in device_rows if d is not None and s is None),
         "device_duplicate_rows": sum(len(rows) - 1 for rows in active_rows.values()),
         "observed_pairs": len(observed),
@@ -191,6 +202,7 @@ def model(
         for key in (
             "device_name_missing_pairs",
             "device_id_null",
+            "device_id_empty",
             "device_status_null",
             "device_duplicate_rows",
             "measurement_id_null",
