@@ -8,7 +8,8 @@ window**, writing only what changed, then publishes CloudWatch metrics.
 `[window_end - lookback, window_end)` where `window_end` is the run's `data_interval_end` (or its
 `run_after` when triggered without a logical date) and lookback is `DEVICE_SYNC_LOOKBACK_MINUTES`.
 The wall clock never chooses the window: `airflow dags test device_parameter_sync T` looks at
-`[T - lookback, T)`.
+`[T - lookback, T)`. A window ending after the database's now() (plus `DEVICE_SYNC_MAX_CLOCK_SKEW_SECONDS`)
+is refused before anything is staged; the REST API answers 422 to a trigger with such a logical date.
 
 ## Tasks
 1. `discover_active_devices`: creates the target table and the staging schema if missing, then stages
@@ -45,16 +46,20 @@ The wall clock never chooses the window: `airflow dags test device_parameter_syn
   overrides.
 
 ## When a task fails
-- Retries (exponential backoff) cover transient faults. Errors a retry cannot fix (missing table or
-  column, missing privilege) fail at once: fix the database or the `DEVICE_SYNC_*` configuration, then
-  clear the run from `discover_active_devices`.
+- Retries (exponential backoff) cover transient faults (a cancelled statement included). Errors a retry
+  cannot fix (missing table or column, missing privilege, a statement timeout) fail at once: fix the
+  database or the `DEVICE_SYNC_*` configuration, then clear the run from `discover_active_devices`. The
+  run history marks a run failed only once a step has failed for good.
+- `discover_active_devices` says the window ends after the database's now(): the logical date is in the
+  future; run it for a past or current time (or fix the clocks).
 - `aggregate_recent_measurements` slow or cancelled by the statement timeout: its log says "window scan"
   when the recommended index `(device_id, parameter_id, time)` is missing; create it (README, Performance).
 - `resolve_parameter_names` says a shard's staging table is missing: `DEVICE_SYNC_AGGREGATION_SHARDS`
   changed during the run; clear the run from `discover_active_devices`.
 - Nothing is half-applied: `apply_changes` commits all of its changes or none.
-- `publish_metrics` failing means CloudWatch was unreachable; the data change is already committed and
-  the run is marked failed so that someone looks. The next run works as usual.
+- `publish_metrics` failing means CloudWatch was unreachable (each call is bounded by
+  `DEVICE_SYNC_CLOUDWATCH_TIMEOUT_SECONDS`, not retried by Airflow); the data change is already committed
+  and the run is marked failed so that someone looks. The next run works as usual.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from conftest import ADMIN_URL
-from device_sync import sync
+from device_sync import api, sync
 from device_sync.config import load_settings
 from device_sync.demo import load_demo_fleet
 
@@ -51,8 +51,14 @@ def run_sync(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
 # --- health ----------------------------------------------------------------------------------------------
 
 
+def health(stack: Any) -> tuple[int, Any]:
+    """GET /health once the api-server's cached answer (HEALTH_CACHE_SECONDS) has expired."""
+    time.sleep(api.HEALTH_CACHE_SECONDS + 0.5)
+    return stack.request("GET", "/device-sync/health")
+
+
 def test_health_is_503_before_any_sync(stack: Any, data: psycopg.Connection[Any]) -> None:
-    status, body = stack.request("GET", "/device-sync/health")
+    status, body = health(stack)
     assert status == 503
     assert body["status"] == "unhealthy"
     assert "no sync has run yet" in body["reason"]
@@ -60,19 +66,22 @@ def test_health_is_503_before_any_sync(stack: Any, data: psycopg.Connection[Any]
 
 def test_health_is_200_after_a_successful_sync(stack: Any, data: psycopg.Connection[Any]) -> None:
     run_sync(data, "healthy-run")
-    status, body = stack.request("GET", "/device-sync/health")
+    status, body = health(stack)
     assert status == 200, body
     assert body["status"] == "healthy"
     assert 0 <= body["age_seconds"] < 120
-    assert body["max_age_seconds"] == 3 * 3600  # three hourly intervals by default
+    assert body["missed_runs"] <= 1 and body["missed_runs_limit"] == 3  # three hourly fire times by default
     assert body["window_end"] > body["window_start"]
     assert set(body) == {
         "status",
-        "max_age_seconds",
+        "checked_at",
+        "last_run_finished_at",
         "last_successful_sync",
         "age_seconds",
         "window_start",
         "window_end",
+        "missed_runs",
+        "missed_runs_limit",
     }
 
 
@@ -80,10 +89,10 @@ def test_health_is_503_when_the_last_applied_sync_is_stale(stack: Any, data: psy
     run_sync(data, "old-run")
     data.execute("UPDATE device_sync.run_history SET started_at = now() - interval '4 hours', "
                  "finished_at = now() - interval '4 hours'")  # fmt: skip
-    status, body = stack.request("GET", "/device-sync/health")
+    status, body = health(stack)
     assert status == 503
-    assert body["reason"].startswith("stale")
-    assert body["age_seconds"] > 3 * 3600
+    assert body["reason"] == "stale: 3 scheduled runs since the last applied sync"
+    assert body["age_seconds"] > 3 * 3600 and body["missed_runs"] == 3
 
 
 def test_health_is_503_when_the_last_run_failed(stack: Any, data: psycopg.Connection[Any]) -> None:
@@ -95,30 +104,44 @@ def test_health_is_503_when_the_last_run_failed(stack: Any, data: psycopg.Connec
         sync.StagingTables.for_run(settings.staging_schema, DAG_ID, "bad-run"),
         {"run_id": "bad-run", "dag_id": DAG_ID, "error": "apply_changes: boom"},
     )
-    status, body = stack.request("GET", "/device-sync/health")
+    status, body = health(stack)
     assert status == 503
-    assert "the last run failed: bad-run: apply_changes: boom" in body["reason"]
+    assert body["reason"] == "last run failed in apply_changes"  # the error itself is behind /runs
+    assert "boom" not in str(body) and "bad-run" not in str(body)
     assert "last_successful_sync" in body
 
 
-def test_health_is_503_when_the_database_refuses_connections(stack: Any, data: psycopg.Connection[Any]) -> None:
+def test_health_is_503_when_the_database_refuses_connections(
+    stack: Any, data: psycopg.Connection[Any], admin_token: str
+) -> None:
     run_sync(data, "good-run")
     name = psycopg.conninfo.conninfo_to_dict(stack.data_url)["dbname"]
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         try:
+            time.sleep(api.HEALTH_CACHE_SECONDS + 0.5)  # no cached answer from before
             started = time.monotonic()
             status, body = stack.request("GET", "/device-sync/health")
             elapsed = time.monotonic() - started
+            history = [stack.request("GET", path, token=admin_token) for path in ("/device-sync/runs", "/device-sync/")]
         finally:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     assert status == 503
     assert body["reason"].startswith("database unreachable")
     assert "password" not in str(body).lower() and "postgresql://" not in str(body)
     assert elapsed < 10
+    # the authenticated routes: 503 with a short reason, not 500, and not the driver's message
+    assert history == [(503, {"detail": "database unavailable"})] * 2
 
 
 # --- authentication ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/device-sync/docs", "/device-sync/redoc", "/device-sync/openapi.json"])
+def test_plugin_api_docs_are_not_served_anonymously(stack: Any, path: str) -> None:
+    status, body = stack.request("GET", path)
+    assert status in (401, 403, 404), body
+    assert "swagger" not in str(body).lower() and "openapi" not in str(body).lower() and "/runs" not in str(body)
 
 
 @pytest.mark.parametrize("path", ["/device-sync/runs", "/device-sync/changes?device_id=x", "/device-sync/"])
@@ -155,6 +178,8 @@ def test_runs_are_paginated_newest_first(stack: Any, data: psycopg.Connection[An
         first["updated"],
     )
     assert older["status"] == "success" and older["applied"] is True
+    status, body = stack.request("GET", "/device-sync/runs?offset=10", token=admin_token)
+    assert (status, body["runs"], body["total"], body["has_more"]) == (200, [], 2, False)  # past the end
     status, _ = stack.request("GET", "/device-sync/runs?limit=0", token=admin_token)
     assert status == 422
 
@@ -175,12 +200,12 @@ def test_changes_answer_when_a_parameter_disappeared_from_a_device(
         "GET", f"/device-sync/changes?device_id={device_id}&parameter_id={parameter_id}", token=admin_token
     )
     assert status == 200
-    assert body["total"] == 1
+    assert (len(body["changes"]), body["has_more"], body["next_offset"]) == (1, False, None)
     change = body["changes"][0]
     assert (change["operation"], change["run_id"]) == ("delete", "run-with-deletes")
     assert change["old_parameter_name"] and change["new_parameter_name"] is None
     status, body = stack.request("GET", "/device-sync/changes?run_id=run-with-deletes&limit=5", token=admin_token)
-    assert status == 200 and len(body["changes"]) == 5 and body["total"] > 5
+    assert status == 200 and len(body["changes"]) == 5 and (body["has_more"], body["next_offset"]) == (True, 5)
 
 
 def test_status_page_shows_runs_and_a_chart(stack: Any, data: psycopg.Connection[Any], admin_token: str) -> None:
@@ -298,5 +323,6 @@ def test_history_shows_a_failed_run_with_its_error(
     assert latest["run_id"] == run["dag_run_id"]
     assert latest["status"] == "failed"
     assert "resolve_parameter_names" in latest["error"] and "timescale_parameters" in latest["error"]
-    status, body = stack.request("GET", "/device-sync/health")
-    assert status == 503 and "the last run failed" in body["reason"]
+    status, body = health(stack)
+    assert (status, body["reason"]) == (503, "last run failed in resolve_parameter_names")
+    assert "timescale_parameters" not in str(body)

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+import math
+import time
+from datetime import UTC, datetime, timedelta
+from typing import get_args
 
-from device_sync.config import ConfigError, load_settings
+import pytest
+from airflow.timetables.trigger import CronTriggerTimetable
+from airflow.utils.dates import cron_presets
+from croniter import CroniterBadDateError, croniter
+from dotenv import dotenv_values
+from hypothesis import HealthCheck, assume, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from device_sync import config
+from device_sync.config import STAGE_FILES, STAGES, ConfigError, Settings, load_settings
 
 
 def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,3 +72,248 @@ def test_invalid_values_name_the_variable_and_what_it_accepts(
         load_settings()
     assert variable in str(error.value)
     assert expected in str(error.value)
+
+
+# --- the schedule: five fields, and its longest gap over a year -----------------------------------------
+
+REFERENCE_START = datetime(2025, 1, 1, tzinfo=UTC).timestamp()  # config.REFERENCE_YEAR_START
+DAY = 86_400
+
+
+def naive_longest_gap(expression: str, days: int) -> float:
+    """Every fire time, one croniter step each: the longest gap that starts in [start, start + days)."""
+    runs = croniter(expression, REFERENCE_START - 1)
+    previous = runs.get_next(float)
+    longest = 0.0
+    while previous < REFERENCE_START + days * DAY:
+        fire = runs.get_next(float)
+        longest = max(longest, fire - previous)
+        previous = fire
+    return longest
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0 * * * * *",  # croniter reads a sixth field as seconds: a run every second
+        "*/5 * * * * 0",
+        "0 0 * * * * 2025",  # a seventh field is a year
+        "* * * *",
+        "R * * * *",  # croniter draws a random minute at every parse
+        "0 R(0-5) * * *",
+        "H * * * *",
+        "0 0 31 2 *",  # never fires
+        "0 0 29 2 *",  # only in leap years
+        "@reboot",
+        "@midnight",  # croniter's, not one of Airflow's presets
+    ],
+)
+def test_only_a_five_field_cron_that_fires_every_year_is_a_schedule(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("DEVICE_SYNC_SCHEDULE", value)
+    with pytest.raises(ConfigError, match="DEVICE_SYNC_SCHEDULE") as error:
+        load_settings()
+    assert "not a valid cron expression" in str(error.value)
+    assert repr(value) in str(error.value)
+
+
+@pytest.mark.parametrize("preset", sorted(cron_presets))
+def test_airflow_cron_presets_become_their_five_field_expression(monkeypatch: pytest.MonkeyPatch, preset: str) -> None:
+    monkeypatch.setenv("DEVICE_SYNC_SCHEDULE", preset)
+    settings = load_settings()
+
+    assert settings.schedule == cron_presets[preset]
+    # Airflow's timetable reads the preset as that very expression (its summary is the expression it runs).
+    assert CronTriggerTimetable(preset, timezone="UTC").summary == settings.schedule
+    assert config.CRON_PRESETS == cron_presets
+
+
+@pytest.mark.parametrize(
+    ("schedule", "interval"),
+    [
+        ("0 * * * *", timedelta(hours=1)),
+        ("* * * * *", timedelta(minutes=1)),
+        ("*/15 * * * *", timedelta(minutes=15)),
+        ("0 9,17 * * *", timedelta(hours=16)),
+        ("0 9-17 * * 1-5", timedelta(hours=64)),  # Friday 17:00 to Monday 09:00
+        ("*/10 9-17 * * mon-fri", timedelta(hours=63, minutes=10)),  # from Friday 17:50
+        ("30 8 * * 1-5", timedelta(days=3)),
+        ("0 0 * * 0", timedelta(days=7)),
+        ("0 0 1 * *", timedelta(days=31)),
+        ("0 0 1 */3 *", timedelta(days=92)),  # 1 October to 1 January
+        ("0 0 L * *", timedelta(days=31)),  # last day of month: 31 July to 31 August
+        ("0 12 * * 1#1", timedelta(days=35)),  # first Monday of the month
+        ("0 0 1 1 *", timedelta(days=365)),
+    ],
+)
+def test_schedule_interval_is_the_longest_gap_over_a_year(
+    monkeypatch: pytest.MonkeyPatch, schedule: str, interval: timedelta
+) -> None:
+    monkeypatch.setenv("DEVICE_SYNC_SCHEDULE", schedule)
+    assert load_settings().schedule_interval == interval
+
+
+# Sparse enough that every fire time of a few weeks is cheap to step through.
+MINUTES = st.sampled_from(["0", "*/20", "5,35", "0-50/25", "59", "10-12"])
+HOURS = st.sampled_from(["*", "0", "23", "9-17", "*/5", "1,13", "0-6/3", "22-23"])
+DAYS_OF_MONTH = st.sampled_from(["*", "1", "L", "15W", "1-7", "*/10", "28-31", "13"])
+MONTHS = st.sampled_from(["*", "1", "2", "*/2", "1-3", "2,3"])
+DAYS_OF_WEEK = st.sampled_from(["*", "1-5", "0", "6,0", "5#2", "L5", "sat", "2-4/2"])
+
+
+@hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.tuples(MINUTES, HOURS, DAYS_OF_MONTH, MONTHS, DAYS_OF_WEEK), st.integers(1, 100))
+def test_longest_gap_equals_stepping_through_every_fire_time(fields: tuple[str, ...], days: int) -> None:
+    expression = " ".join(fields)
+    try:
+        first = croniter(expression).get_next(float, REFERENCE_START - 1)
+    except CroniterBadDateError:
+        first = math.inf  # never fires (30 February)
+    assume(first < REFERENCE_START + days * DAY)  # else ValueError (the validator refuses a year without one)
+    assert config._longest_gap(expression, days) == naive_longest_gap(expression, days)
+
+
+@pytest.mark.parametrize(
+    ("expression", "days"),
+    [
+        ("* * * * *", 3),
+        ("*/7 * * * *", 10),
+        ("0 9-17 * * 1-5", 365),
+        ("0 0 * * 5#5", 365),
+        ("0 0 L 2 *", 365),
+        ("30 2 15W * *", 365),
+        ("0 0 1 1 *", 365),
+        ("0 0 29 * *", 365),
+        ("59 23 31 * *", 365),
+        ("0 0 1,15 * 3", 365),  # day of month OR day of week, as in cron
+    ],
+)
+def test_longest_gap_equals_stepping_through_every_fire_time_of_a_list(expression: str, days: int) -> None:
+    assert config._longest_gap(expression, days) == naive_longest_gap(expression, days)
+
+
+def test_schedule_interval_of_every_minute_is_cheap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVICE_SYNC_SCHEDULE", "* * * * *")
+    config._longest_gap.cache_clear()
+    started = time.perf_counter()
+    settings = load_settings()  # validation computes it once
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(100):
+        assert load_settings().schedule_interval == timedelta(minutes=1)
+    cached = (time.perf_counter() - started) / 100
+    assert settings.schedule_interval == timedelta(minutes=1)
+    assert first < 0.5, f"{first:.3f} s"  # a naive year of fire times takes about 10 s
+    assert cached < 0.01, f"{cached:.4f} s"
+
+
+# --- every number has an upper bound ---------------------------------------------------------------------
+
+FAR_OUT = "1" + "0" * 30
+
+NUMERIC_SETTINGS = [
+    "DEVICE_SYNC_LOOKBACK_MINUTES",
+    "DEVICE_SYNC_AGGREGATION_SHARDS",
+    "DEVICE_SYNC_STATEMENT_TIMEOUT_SECONDS",
+    "DEVICE_SYNC_TASK_TIMEOUT_MINUTES",
+    "DEVICE_SYNC_RETRIES",
+    "DEVICE_SYNC_RETRY_DELAY_SECONDS",
+    "DEVICE_SYNC_HISTORY_RETENTION_DAYS",
+    "DEVICE_SYNC_MAX_DELETE_FRACTION",
+    "DEVICE_SYNC_MASS_DELETE_MIN_ROWS",
+    "DEVICE_SYNC_HEALTH_MAX_AGE_MINUTES",
+    "DEVICE_SYNC_HEALTH_MISSED_RUNS",
+    "DEVICE_SYNC_MAX_CLOCK_SKEW_SECONDS",
+    "DEVICE_SYNC_CLOUDWATCH_TIMEOUT_SECONDS",
+]
+
+
+def test_the_list_of_numeric_settings_is_complete() -> None:
+    numeric = {
+        f"DEVICE_SYNC_{name.upper()}"
+        for name, field in Settings.model_fields.items()
+        if {int, float} & {field.annotation, *get_args(field.annotation)}
+    }
+    assert numeric == set(NUMERIC_SETTINGS)
+
+
+@pytest.mark.parametrize("variable", NUMERIC_SETTINGS)
+@pytest.mark.parametrize("value", [FAR_OUT, "-" + FAR_OUT, "100000000000000"])
+def test_far_out_numbers_are_refused_at_parse_time(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=variable):
+        load_settings()
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e400"])
+def test_max_delete_fraction_is_a_finite_number(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("DEVICE_SYNC_MAX_DELETE_FRACTION", value)
+    with pytest.raises(ConfigError, match="DEVICE_SYNC_MAX_DELETE_FRACTION"):
+        load_settings()
+
+
+def test_health_max_age_of_a_year_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVICE_SYNC_HEALTH_MAX_AGE_MINUTES", str(366 * 24 * 60))
+    assert load_settings().health_max_age == timedelta(days=366)
+    monkeypatch.setenv("DEVICE_SYNC_HEALTH_MAX_AGE_MINUTES", str(366 * 24 * 60 + 1))
+    with pytest.raises(ConfigError, match="DEVICE_SYNC_HEALTH_MAX_AGE_MINUTES"):
+        load_settings()
+
+
+# --- one rule for names: exact, upper case -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variable", ["device_sync_stage", "Device_Sync_Stage", "DEVICE_SYNC_stage"])
+def test_a_variable_name_not_in_upper_case_is_no_setting(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    monkeypatch.setenv(variable, "prod")
+    monkeypatch.setenv("device_sync_statement_timeout_seconds", "7")
+    monkeypatch.setenv("Device_Sync_Retries", "9")
+
+    settings = load_settings()
+
+    # Stage, stage file and every value follow the same names: the dev stage with the dev file's values.
+    assert (settings.stage, settings.statement_timeout_seconds, settings.retries) == ("dev", 600, 3)
+    assert Settings().stage == "dev"
+
+
+def test_the_upper_case_stage_variable_selects_its_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVICE_SYNC_STAGE", "prod")
+    monkeypatch.setenv("device_sync_stage", "dev")
+
+    settings = load_settings()
+
+    assert (settings.stage, settings.statement_timeout_seconds, settings.retries) == ("prod", 1800, 4)
+
+
+@pytest.mark.parametrize("value", ["PROD", "Prod", " prod"])
+def test_stage_values_are_exact(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("DEVICE_SYNC_STAGE", value)
+    with pytest.raises(ConfigError, match="DEVICE_SYNC_STAGE"):
+        load_settings()
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_files_name_settings_exactly(stage: str) -> None:
+    values = dotenv_values(STAGE_FILES / f"{stage}.env")
+    assert values
+    for name, value in values.items():
+        assert name.isupper() and name.startswith("DEVICE_SYNC_"), name
+        assert name.removeprefix("DEVICE_SYNC_").lower() in Settings.model_fields, name
+        field = name.removeprefix("DEVICE_SYNC_").lower()
+        assert str(getattr(load_settings_of(stage), field)) == value, name
+
+
+def load_settings_of(stage: str) -> Settings:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEVICE_SYNC_STAGE", stage)
+        return load_settings()
+
+
+def test_settings_can_still_be_built_by_field_name() -> None:
+    settings = Settings(measurements_table="telemetry.readings", staging_schema="ds_custom", retries=5)
+    assert (settings.measurements_table, settings.staging_schema, settings.retries) == (
+        "telemetry.readings",
+        "ds_custom",
+        5,
+    )

@@ -185,6 +185,13 @@ def test_other_alarms_under_the_prefix_are_reported_and_left_alone(
         ("30 2 * * *", "3", 86_400, 3),  # daily
         ("0 9,17 * * *", "2", 57_600, 2),  # irregular: the longest gap (16 h) is the interval
         ("0 0 * * 0", "1", 86_400, 7),  # weekly: periods capped at 1 day, 7 of them make the interval
+        # Irregular: the longest gap over a year is the interval, here Friday 17:00 to Monday 09:00 (64 h):
+        # 2 x 64 h = 5.3 days, 6 one-day periods.
+        ("0 9-17 * * 1-5", "2", 86_400, 6),
+        ("0 9-17 * * 1-5", "1", 86_400, 3),
+        ("*/30 8-18 * * *", "3", 48_600, 3),  # 18:30 to 08:00 the next day: 13.5 h
+        ("0 6,18 * * 1-5", "1", 86_400, 3),  # Friday 18:00 to Monday 06:00: 60 h
+        ("@daily", "7", 86_400, 7),  # the longest window CloudWatch allows: 7 days
     ],
 )
 def test_missed_sync_window_follows_the_schedule(
@@ -236,10 +243,50 @@ def test_invalid_alarm_settings_raise_config_error_and_deploy_nothing(
     assert cloudwatch.list_dashboards()["DashboardEntries"] == []
 
 
-def test_schedule_too_slow_for_the_missed_window_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = settings_of(monkeypatch, "dev", DEVICE_SYNC_SCHEDULE="0 0 * * 0")  # weekly, N=3 -> 21 days
-    with pytest.raises(ConfigError, match=r"DEVICE_SYNC_ALARM_MISSED_INTERVALS.*must be <= 1"):
+@pytest.mark.parametrize(
+    ("schedule", "missed", "largest"),
+    [
+        ("0 0 * * 0", "3", 1),  # weekly, N=3 -> 21 days
+        ("0 9-17 * * 1-5", "3", 2),  # the default N: 3 x 64 h = 8 days
+        ("0 9 * * 1-5", "3", 2),  # Friday to Monday 09:00: 72 h
+        ("*/15 * * * *", "97", 96),  # 15-minute periods: at most one day
+        ("0 0 1 * *", "1", 0),  # monthly: too slow for the alarm at all
+    ],
+)
+def test_schedule_too_slow_for_the_missed_window_names_the_variable_and_the_largest_n(
+    monkeypatch: pytest.MonkeyPatch, schedule: str, missed: str, largest: int
+) -> None:
+    settings = settings_of(
+        monkeypatch, "dev", DEVICE_SYNC_SCHEDULE=schedule, DEVICE_SYNC_ALARM_MISSED_INTERVALS=missed
+    )
+    with pytest.raises(ConfigError, match=rf"DEVICE_SYNC_ALARM_MISSED_INTERVALS.*must be <= {largest}\b"):
         monitoring.alarm_definitions(settings)
+    if largest:
+        monkeypatch.setenv("DEVICE_SYNC_ALARM_MISSED_INTERVALS", str(largest))
+        (missed_alarm, *_) = monitoring.alarm_definitions(settings)
+        window = missed_alarm["Period"] * missed_alarm["EvaluationPeriods"]
+        assert window >= largest * settings.schedule_interval.total_seconds()
+        assert window <= (86_400 if missed_alarm["Period"] < 3600 else 7 * 86_400)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "accepted"),
+    [
+        ("DEVICE_SYNC_ALARM_MISSED_INTERVALS", "1" + "0" * 30, "<= 1440"),
+        ("DEVICE_SYNC_ALARM_MISSED_INTERVALS", "1441", "<= 1440"),
+        ("DEVICE_SYNC_ALARM_MISSED_INTERVALS", "9" * 5000, "<= 1440"),
+        ("DEVICE_SYNC_ALARM_MAX_DELETES", "1" + "0" * 30, "<= 1000000000"),
+        ("DEVICE_SYNC_ALARM_MAX_DELETES", "1000000001", "<= 1000000000"),
+        ("DEVICE_SYNC_ALARM_MAX_DELETES", "-" + "1" * 30, ">= 0"),
+    ],
+)
+def test_far_out_alarm_settings_are_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, accepted: str
+) -> None:
+    settings = settings_of(monkeypatch, "dev", **{variable: value})
+    with pytest.raises(ConfigError, match=variable) as error:
+        monitoring.alarm_definitions(settings)
+    assert accepted in str(error.value)
 
 
 def script(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:

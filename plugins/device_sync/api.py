@@ -1,23 +1,29 @@
 """The operators' HTTP endpoints, served by ``airflow api-server`` under ``/device-sync`` (see the plugin).
 
-- ``GET /health``: public, for load balancers: 200 when the database answers and the last applied sync is
-  recent enough, else 503 with the reason. No secrets, one indexed query, short timeouts.
+- ``GET /health``: public, for load balancers: 200 when the database answers, the last finished run did not
+  fail and the last applied sync is recent enough (see :func:`health_answer`), else 503 with a short reason
+  class. No error text, no secrets (the details are behind ``/runs``); one small query with short timeouts,
+  and the answer is cached in-process for :data:`HEALTH_CACHE_SECONDS`.
 - ``GET /runs``, ``GET /changes``: the run history and the change log, paginated JSON.
 - ``GET /``: a status page (recent runs as a table and a chart of the changes per run).
 
 Everything but ``/health`` requires an Airflow login allowed to read the DAG's runs: plugin apps do not
-inherit Airflow's authentication, so it is enforced here.
+inherit Airflow's authentication, so it is enforced here. Bad query parameters answer 422, a database that
+does not answer 503 (never 500 with the driver's message).
 """
 
 from __future__ import annotations
 
 import html
 import logging
-from datetime import datetime
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import Depends, FastAPI, Query
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -29,18 +35,47 @@ log = logging.getLogger(__name__)
 
 DAG_ID = "device_parameter_sync"
 HEALTH_TIMEOUT_SECONDS = 3
+# /health answers from an in-process cache this long: a load balancer (or anyone, it is public) polling it
+# many times a second costs one database session per period and process, not one per request.
+HEALTH_CACHE_SECONDS = 5.0
+PAGE_TIMEOUT_SECONDS = 10
 SQL = "device_parameter_sync/"
 
+# The tasks that record a failure as "<task_id>: <error>" in the run history, and the guards it may record.
+# /health names only these (never free text from the error column), so nothing of the error can leak.
+KNOWN_TASKS = (
+    "discover_active_devices",
+    "aggregate_recent_measurements",
+    "resolve_parameter_names",
+    "compute_delta",
+    "apply_changes",
+    "publish_metrics",
+)
+KNOWN_GUARDS = ("mass_delete", "stale_measurements", "older_window")
+OLDER_WINDOW = "older_window"
 
-def _authorized() -> Any:
+
+def _dag_read_dependency() -> Callable[..., None]:
     """Airflow's own check: a logged-in user (token or UI cookie) who may read this DAG's runs."""
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
     from airflow.api_fastapi.core_api.security import requires_access_dag
 
-    return Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))
+    return requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID)
 
 
-app = FastAPI(title="device-sync", description="Health, run history and change log of device_parameter_sync")
+# One instance, so that tests may replace exactly this dependency (app.dependency_overrides).
+require_dag_read = _dag_read_dependency()
+AUTHORIZED = [Depends(require_dag_read)]
+
+# No /docs, /redoc or /openapi.json: the plugin app is mounted without Airflow's authentication, so they would
+# describe the private endpoints to anyone.
+app = FastAPI(
+    title="device-sync",
+    description="Health, run history and change log of device_parameter_sync",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
 
 
 def _connect(settings: Settings, timeout_seconds: int) -> psycopg.Connection[Any]:
@@ -60,87 +95,201 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in row.items()}
 
 
-@app.get("/health")
-def health() -> JSONResponse:
-    """200 if the last applied sync is younger than the allowed age and the last run did not fail; else 503."""
-    settings = load_settings()
-    max_age = settings.health_max_age
-    body: dict[str, Any] = {"status": "unhealthy", "max_age_seconds": max_age.total_seconds()}
+# --- health ----------------------------------------------------------------------------------------------
+
+
+def failure_reason(error: str | None, guard: str | None) -> str:
+    """The reason class of a failed run: its task (from the ``<task_id>: `` prefix) and guard, if known."""
+    task = (error or "").split(": ", 1)[0]
+    reason = f"last run failed in {task}" if task in KNOWN_TASKS else "last run failed"
+    return f"{reason}: guard {guard}" if guard in KNOWN_GUARDS else reason
+
+
+def health_answer(state: Mapping[str, Any], settings: Settings) -> tuple[int, dict[str, Any]]:
+    """The status code and public body of /health for ``state`` (health.sql's row); no I/O.
+
+    Unhealthy when the last finished run failed, when no sync was applied yet, or when the last applied sync
+    is stale: older than ``DEVICE_SYNC_HEALTH_MAX_AGE_MINUTES`` if set, else once
+    ``DEVICE_SYNC_HEALTH_MISSED_RUNS`` scheduled fire times have passed since it (so a schedule's quiet
+    hours or weekends are no outage). Times are the database's (``state["now"]``), not this host's.
+    """
+    now: datetime = state["now"]
+    applied_at: datetime | None = state.get("last_applied_at")
+    body: dict[str, Any] = {"status": "unhealthy", "checked_at": now.isoformat()}
+    if state.get("last_run_finished_at") is not None:
+        body["last_run_finished_at"] = state["last_run_finished_at"].isoformat()
+    if applied_at is not None:
+        body.update(
+            last_successful_sync=applied_at.isoformat(),
+            age_seconds=round((now - applied_at).total_seconds(), 1),
+            window_start=state["last_applied_window_start"].isoformat(),
+            window_end=state["last_applied_window_end"].isoformat(),
+        )
+
+    stale = False
+    if settings.health_max_age_minutes is not None:
+        max_age = timedelta(minutes=settings.health_max_age_minutes)
+        body["max_age_seconds"] = max_age.total_seconds()
+        stale = applied_at is not None and now - applied_at > max_age
+        stale_reason = f"stale: the last applied sync is older than {settings.health_max_age_minutes} minutes"
+    else:
+        limit = settings.health_missed_runs
+        body["missed_runs_limit"] = limit
+        if applied_at is not None:
+            body["missed_runs"] = settings.fire_times_between(applied_at, now, limit=limit)
+            stale = body["missed_runs"] >= limit
+        stale_reason = f"stale: {limit} scheduled runs since the last applied sync"
+
+    older_windows = int(state.get("older_window_runs") or 0)
+    if state.get("last_run_status") == "failed":
+        body["reason"] = failure_reason(state.get("last_run_error"), state.get("last_run_guard"))
+    elif applied_at is None:
+        body["reason"] = "no applied sync yet" if state.get("last_run_status") else "no sync has run yet"
+    elif stale and older_windows:
+        # The runs "succeed" but change nothing: a newer window was applied before (a backfill, a late run).
+        body["reason"] = (
+            f"not applying: the last {older_windows} finished runs were older windows (guard {OLDER_WINDOW})"
+        )
+    elif stale:
+        body["reason"] = stale_reason
+    else:
+        body["status"] = "healthy"
+        return 200, body
+    return 503, body
+
+
+def _compute_health() -> tuple[int, dict[str, Any]]:
+    try:
+        settings = load_settings()
+    except Exception:  # the message quotes the configured values: for the logs, not for the public
+        log.exception("device-sync health check: invalid configuration")
+        return 503, {"status": "unhealthy", "reason": "invalid configuration"}
     try:
         with _connect(settings, HEALTH_TIMEOUT_SECONDS) as conn, db.transaction(conn, HEALTH_TIMEOUT_SECONDS) as cur:
             cur.execute(db.compose(f"{SQL}health.sql", _tables(settings)))
-            state = cur.fetchone() or {}
+            state = cur.fetchone()
+            if state is None:  # the query always returns one row
+                raise RuntimeError("health.sql returned no row")
     except psycopg.errors.UndefinedTable:
-        body["reason"] = "no sync has run yet (no run history)"
-        return JSONResponse(body, status_code=503)
+        return 503, {"status": "unhealthy", "reason": "no sync has run yet (no run history)"}
     except Exception as error:  # any failure to read the state is reported, never raised to the balancer
-        log.warning("device-sync health check: database unreachable: %s", type(error).__name__)
-        body["reason"] = f"database unreachable ({type(error).__name__})"
-        return JSONResponse(body, status_code=503)
+        # the message (host, port, privileges) goes to the server's log only, not into the public body
+        log.warning("device-sync health check: database unreachable: %s: %s", type(error).__name__, error)
+        return 503, {"status": "unhealthy", "reason": f"database unreachable ({type(error).__name__})"}
+    return health_answer(state, settings)
 
-    if state.get("last_success_at") is not None:
-        age = state["now"] - state["last_success_at"]
-        body.update(
-            last_successful_sync=state["last_success_at"].isoformat(),
-            age_seconds=round(age.total_seconds(), 1),
-            window_start=state["last_success_window_start"].isoformat(),
-            window_end=state["last_success_window_end"].isoformat(),
-        )
-    if state.get("last_run_status") == "failed":
-        body["reason"] = f"the last run failed: {state['last_run_id']}: {state['last_run_error'] or 'see its logs'}"
-    elif state.get("last_success_at") is None:
-        body["reason"] = "no applied sync yet"
-    elif state["now"] - state["last_success_at"] > max_age:
-        body["reason"] = f"stale: the last applied sync is older than {max_age}"
-    else:
-        body["status"] = "healthy"
-        return JSONResponse(body, status_code=200)
-    return JSONResponse(body, status_code=503)
 
+_health_lock = threading.Lock()
+_health_cached: tuple[float, int, dict[str, Any]] | None = None
+
+
+def reset_health_cache() -> None:
+    """Forget the cached /health answer (tests; the next request queries the database)."""
+    global _health_cached
+    with _health_lock:
+        _health_cached = None
+
+
+@app.get("/health")
+def health() -> JSONResponse:
+    """200 when the sync is healthy, else 503 with a short reason class; cached for HEALTH_CACHE_SECONDS."""
+    global _health_cached
+    # Single flight: the lock is held while the answer is computed, so concurrent requests wait for that one
+    # query and then share its answer instead of each opening a database session.
+    with _health_lock:
+        if _health_cached is None or time.monotonic() - _health_cached[0] >= HEALTH_CACHE_SECONDS:
+            status_code, body = _compute_health()
+            _health_cached = (time.monotonic(), status_code, body)
+        _, status_code, body = _health_cached
+    return JSONResponse(body, status_code=status_code)
+
+
+# --- runs, changes, status page -----------------------------------------------------------------------------
 
 Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
+# Bounded: PostgreSQL's OFFSET is a bigint, and a page that far is a mistake anyway.
+Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]
+# No NUL (PostgreSQL text cannot hold it) and a bounded length: a bad filter is the caller's error (422).
+Filter = Annotated[str | None, Query(max_length=1024, pattern=r"^[^\x00]*$")]
 
 
-def _page(statement: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
-    settings = load_settings()
+def _query(settings: Settings, statements: list[tuple[str, dict[str, Any]]]) -> list[list[dict[str, Any]]] | None:
+    """The rows of each SQL file in one transaction; None when the history does not exist yet.
+
+    A database that does not answer is 503 with a short reason; its message (host, port) stays in the log."""
     try:
-        with _connect(settings, 10) as conn, db.transaction(conn, 10) as cur:
-            cur.execute(db.compose(f"{SQL}{statement}", _tables(settings)), params)
-            rows = [_jsonable(row) for row in cur.fetchall()]
+        with _connect(settings, PAGE_TIMEOUT_SECONDS) as conn, db.transaction(conn, PAGE_TIMEOUT_SECONDS) as cur:
+            results = []
+            for statement, params in statements:
+                cur.execute(db.compose(f"{SQL}{statement}", _tables(settings)), params)
+                results.append([_jsonable(row) for row in cur.fetchall()])
+            return results
     except psycopg.errors.UndefinedTable:  # no run has created the history yet
+        return None
+    except psycopg.OperationalError as error:  # refused, timed out, shutting down
+        log.warning("device-sync API: database unavailable: %s", error)
+        raise HTTPException(status_code=503, detail="database unavailable") from None
+
+
+def _runs_page(limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    settings = load_settings()
+    params = {"limit": limit, "offset": offset}
+    results = _query(settings, [("list_runs.sql", params), ("api_count_runs.sql", {})])
+    if results is None:
         return [], 0
-    total = int(rows[0].pop("total")) if rows else 0
-    for row in rows[1:]:
-        row.pop("total")
-    return rows, total
+    rows, [count] = results
+    return rows, int(count["total"])
 
 
-@app.get("/runs", dependencies=[_authorized()])
+def _next_offset(offset: int, shown: int, has_more: bool) -> int | None:
+    return offset + shown if has_more else None
+
+
+@app.get("/runs", dependencies=AUTHORIZED)
 def runs(limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
-    """The run history, newest first."""
-    items, total = _page("list_runs.sql", {"limit": limit, "offset": offset})
-    return {"runs": items, "total": total, "limit": limit, "offset": offset}
+    """The run history, newest first; ``total`` counts every run in the history (also past the last page)."""
+    items, total = _runs_page(limit, offset)
+    has_more = offset + len(items) < total
+    return {
+        "runs": items,
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "has_more": has_more,
+        "next_offset": _next_offset(offset, len(items), has_more),
+    }
 
 
-@app.get("/changes", dependencies=[_authorized()])
+@app.get("/changes", dependencies=AUTHORIZED)
 def changes(
-    device_id: str | None = None,
-    parameter_id: str | None = None,
-    run_id: str | None = None,
+    device_id: Filter = None,
+    parameter_id: Filter = None,
+    run_id: Filter = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> dict[str, Any]:
-    """The change log, newest first, filtered by device, parameter and/or run."""
-    params = {"device_id": device_id, "parameter_id": parameter_id, "run_id": run_id, "limit": limit, "offset": offset}
-    items, total = _page("list_changes.sql", params)
-    return {"changes": items, "total": total, "limit": limit, "offset": offset}
+    """The change log, newest first, filtered by device, parameter and/or run.
+
+    No total (counting a large log costs more than the page); one row more than ``limit`` is read to tell
+    whether there is a next page (``has_more``, ``next_offset``)."""
+    params = {"device_id": device_id, "parameter_id": parameter_id, "run_id": run_id}
+    results = _query(load_settings(), [("list_changes.sql", {**params, "limit": limit + 1, "offset": offset})])
+    rows = results[0] if results is not None else []
+    has_more = len(rows) > limit
+    items = rows[:limit]
+    return {
+        "changes": items,
+        "limit": limit,
+        "offset": offset,
+        "has_more": has_more,
+        "next_offset": _next_offset(offset, len(items), has_more),
+    }
 
 
-@app.get("/", response_class=HTMLResponse, dependencies=[_authorized()])
+@app.get("/", response_class=HTMLResponse, dependencies=AUTHORIZED)
 def status_page() -> HTMLResponse:
     """Recent runs as a table and a chart of inserted / deleted / updated rows per run."""
-    items, total = _page("list_runs.sql", {"limit": 48, "offset": 0})
+    items, total = _runs_page(48, 0)
     return HTMLResponse(render_status_page(items, total))
 
 

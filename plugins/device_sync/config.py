@@ -1,9 +1,10 @@
 """The one place that reads device-sync's configuration from the environment.
 
-Every setting is a ``DEVICE_SYNC_*`` environment variable with a documented default. ``DEVICE_SYNC_STAGE``
-(``dev`` or ``prod``) selects a stage file of defaults, ``include/config/<stage>.env``; a variable set in
-the environment always wins over the stage file. Settings are
-validated when the DAG file is parsed, so a bad value becomes an import error that names the variable
+Every setting is a ``DEVICE_SYNC_*`` environment variable with a documented default. Names are exact and
+upper case, as every Airflow and Unix setting: ``device_sync_stage`` is no device-sync setting, in the
+environment or in a stage file. ``DEVICE_SYNC_STAGE`` (``dev`` or ``prod``, exactly) selects a stage file of
+defaults, ``include/config/<stage>.env``; a variable set in the environment always wins over the stage file.
+Settings are validated when the DAG file is parsed, so a bad value becomes an import error that names the variable
 and what it accepts (``airflow dags list-import-errors``) instead of a silent fallback or a failure
 half-way through a run. Reading the settings touches no database and no network.
 """
@@ -13,14 +14,17 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
+from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 if TYPE_CHECKING:
     from psycopg import sql
@@ -33,6 +37,24 @@ STAGE_FILES = Path(__file__).resolve().parents[2] / "include" / "config"
 # A plain, unquoted PostgreSQL identifier. Anything else (quotes, dots inside a part, spaces,
 # semicolons) is refused rather than escaped, so a misconfiguration can never become SQL.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+# Airflow's cron presets (airflow.utils.dates.cron_presets, which CronTriggerTimetable reads the same way). A
+# preset is replaced by its expression, so the DAG, /health and the alarms all read the same five fields.
+CRON_PRESETS: dict[str, str] = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@quarterly": "0 0 1 */3 *",
+    "@yearly": "0 0 1 1 *",
+}
+# croniter's hashed (H, needs an id) and random (R, drawn anew at every parse) values: a schedule that is not
+# the same at every parse of the DAG file is refused.
+_HASHED_OR_RANDOM = re.compile(r"^[HhRr](\(|/|$)")
+# Where schedule_interval looks for the longest gap: a fixed, non-leap UTC year, so the answer never depends on
+# the day it is computed.
+REFERENCE_YEAR_START = datetime(2025, 1, 1, tzinfo=UTC)
+_DAY_SECONDS = 86_400
 
 
 class ConfigError(ValueError):
@@ -48,6 +70,95 @@ def _check_identifier(value: str) -> str:
     return value
 
 
+def _check_cron(value: str) -> str:
+    expression = CRON_PRESETS.get(value.strip(), value)
+    fields = expression.split()
+    problem = ""
+    if len(fields) != 5:
+        # croniter also takes 6 fields (the 6th is seconds) and 7 (a year); Airflow's timetables do not.
+        problem = (
+            "it must have exactly 5 fields, minute hour day-of-month month day-of-week (UTC), "
+            f"or be one of {', '.join(CRON_PRESETS)}"
+        )
+    elif any(_HASHED_OR_RANDOM.match(part) for field in fields for part in field.split(",")):
+        problem = "hashed (H) and random (R) values are not accepted"
+    elif not croniter.is_valid(expression):
+        problem = "for example '0 * * * *'"
+    else:
+        expression = " ".join(fields)
+        try:
+            _longest_gap(expression)  # cached: schedule_interval reads it from here
+        except ValueError as error:
+            problem = str(error)
+    if problem:
+        raise ValueError(f"{value!r} is not a valid cron expression: {problem}")
+    return expression
+
+
+@lru_cache(maxsize=64)
+def _longest_gap(expression: str, days: int = 365) -> float:
+    """Seconds of the longest gap from a fire time of a 5-field ``expression`` (UTC) to the next one, among the
+    gaps that start in the ``days`` from :data:`REFERENCE_YEAR_START`; ValueError if it does not fire in them.
+
+    Exact, and one croniter step per day that fires instead of one per fire time (a year of ``* * * * *``
+    is 525,600 steps of ~20 us): in a 5-field cron, minute and hour do not depend on the day, so every day
+    that fires at all fires at the same times of day, and the gaps within a day are the same every such day.
+    Only which days fire varies (day of month, month, weekday, ``L``, ``W``, ``#``, and day of month OR
+    weekday); croniter answers that with one step from each such day's last fire to the next day's first.
+    """
+    minutes, hours = croniter(expression).expanded[:2]  # '*' stays ['*'] in croniter's expansion
+    times_of_day = sorted(
+        hour * 3600 + minute * 60
+        for hour in (range(24) if hours == ["*"] else hours)
+        for minute in (range(60) if minutes == ["*"] else minutes)
+    )
+    longest = float(max((b - a for a, b in itertools.pairwise(times_of_day)), default=0))
+    start = REFERENCE_YEAR_START.timestamp()
+    end = start + days * _DAY_SECONDS
+    runs = croniter(expression, start - 1)  # a fire time at `start` itself counts
+    try:
+        fire = runs.get_next(float)  # the first fire time of a day, at every turn of the loop
+        if fire >= end:
+            raise ValueError(f"it does not fire in every year (not once in {REFERENCE_YEAR_START.year})")
+        while fire < end:
+            last = fire - fire % _DAY_SECONDS + times_of_day[-1]
+            runs.set_current(last, force=True)
+            fire = runs.get_next(float)
+            longest = max(longest, fire - last)
+    except CroniterBadDateError:
+        raise ValueError("it never fires") from None
+    return longest
+
+
+def variable_name(field_name: str) -> str:
+    """The environment variable of a setting: ``DEVICE_SYNC_`` and the field's name in upper case."""
+    return ENV_PREFIX + field_name.upper()
+
+
+class _ExactNames(PydanticBaseSettingsSource):
+    """Settings from variables named exactly ``DEVICE_SYNC_<FIELD>``, upper case (the environment or a stage file).
+
+    pydantic-settings matches names either case-insensitively (then ``device_sync_stage=prod`` selects the
+    prod stage while load_settings, like every Unix tool, reads the prod *file* only for ``DEVICE_SYNC_STAGE``)
+    or as ``DEVICE_SYNC_<field as written in Python>``. This source applies the one rule of load_settings.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], variables: Mapping[str, str | None]) -> None:
+        super().__init__(settings_cls)
+        self._variables = variables
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._variables.get(variable_name(field_name)), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, field_name)
+            if value is not None:
+                values[key] = value
+        return values
+
+
 def _check_qualified_name(value: str) -> str:
     parts = value.split(".")
     if len(parts) != 2:
@@ -60,10 +171,20 @@ def _check_qualified_name(value: str) -> str:
 class Settings(BaseSettings):
     """device-sync settings; each field is the environment variable ``DEVICE_SYNC_<FIELD>``."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore")
+    # Only the sources of settings_customise_sources read variables; case_sensitive applies to keyword arguments.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=True, extra="ignore")
 
-    stage: Stage = Field("dev", description="Deployment stage; the Stage dimension of every metric.")
-    schedule: str = Field("0 * * * *", description="Cron expression (UTC) of the scheduled runs.")
+    stage: Stage = Field(
+        "dev", description="Deployment stage, exactly 'dev' or 'prod'; selects the stage file; the Stage dimension "
+        "of every metric."
+    )
+    schedule: str = Field(
+        "0 * * * *",
+        description="Cron expression (UTC) of the scheduled runs: exactly 5 fields (minute hour day-of-month month "
+        "day-of-week), or one of Airflow's presets @hourly, @daily, @weekly, @monthly, @quarterly, @yearly (read as "
+        "their expression); it must fire at least once a year. Its longest gap over a year is the schedule interval "
+        "of the CloudWatch alarms.",
+    )
     lookback_minutes: int = Field(
         1440, ge=1, le=60 * 24 * 31, description="Length of the window that ends at the run's data_interval_end."
     )
@@ -97,16 +218,24 @@ class Settings(BaseSettings):
         30, ge=1, le=3650, description="Days of run history and change log kept in the database."
     )
     max_delete_fraction: float = Field(
-        0.25, gt=0, le=1, description="Largest share of the table one run may delete before the guard blocks it."
+        0.25,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Largest share of the table one run may delete before the guard blocks it (0 < x <= 1).",
     )
     mass_delete_min_rows: int = Field(
-        100, ge=0, description="The mass-delete guard only applies once the table holds this many rows."
+        100,
+        ge=0,
+        le=10**12,
+        description="The mass-delete guard only applies once the table holds this many rows (0 ... 10^12).",
     )
     health_max_age_minutes: int | None = Field(
         None,
         ge=1,
-        description="Age of the last applied sync after which /health answers 503; unset: count missed fire times "
-        "instead (DEVICE_SYNC_HEALTH_MISSED_RUNS).",
+        le=366 * 24 * 60,
+        description="Age of the last applied sync after which /health answers 503 (1 ... 527040, i.e. 366 days); "
+        "unset: count missed fire times instead (DEVICE_SYNC_HEALTH_MISSED_RUNS).",
     )
     health_missed_runs: int = Field(
         3,
@@ -126,12 +255,24 @@ class Settings(BaseSettings):
         10, ge=1, le=300, description="Connect and read timeout of every CloudWatch call (two attempts at most)."
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then the environment, then the stage file (``_env_file``), all by exact name."""
+        stage_file = dotenv_settings.env_file if isinstance(dotenv_settings, DotEnvSettingsSource) else None
+        from_file = dotenv_values(stage_file) if isinstance(stage_file, str | os.PathLike) else {}
+        return init_settings, _ExactNames(settings_cls, os.environ), _ExactNames(settings_cls, from_file)
+
     @field_validator("schedule")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        if not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a valid cron expression (for example '0 * * * *')")
-        return value
+        return _check_cron(value)
 
     @field_validator("measurements_table")
     @classmethod
@@ -145,10 +286,12 @@ class Settings(BaseSettings):
 
     @property
     def schedule_interval(self) -> timedelta:
-        """The time between two scheduled runs (the longest gap, for irregular crons)."""
-        runs = croniter(self.schedule, 0)
-        fire_times = [runs.get_next(float) for _ in range(8)]
-        return timedelta(seconds=max(b - a for a, b in itertools.pairwise(fire_times)))
+        """The longest time between two scheduled runs over a year (UTC, from :data:`REFERENCE_YEAR_START`).
+
+        For an irregular schedule that is its longest quiet time: ``0 9-17 * * 1-5`` gives 64 hours (Friday
+        17:00 to Monday 09:00), ``0 0 1 * *`` 31 days. Computed once per expression and process.
+        """
+        return timedelta(seconds=_longest_gap(self.schedule))
 
     def fire_times_between(self, after: datetime, until: datetime, *, limit: int) -> int:
         """How many scheduled fire times lie in ``(after, until]`` (UTC), counting at most ``limit``."""
@@ -185,6 +328,6 @@ def load_settings() -> Settings:
         problems = []
         for item in error.errors():
             field = str(item["loc"][0]) if item["loc"] else "?"
-            variable = ENV_PREFIX + field.upper()
+            variable = variable_name(field)
             problems.append(f"{variable}: {item['msg']} (got {item.get('input')!r})")
         raise ConfigError("Invalid device-sync configuration: " + "; ".join(problems)) from None

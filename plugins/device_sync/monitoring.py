@@ -8,7 +8,10 @@ Three alarms per stage, all on the metrics ``device_sync.metrics`` publishes wit
 
 ``device-sync-<stage>-no-successful-sync``
     ``Maximum(SyncSuccess) < 1`` in each of the last N schedule intervals, missing data breaching: the DAG
-    did not run, or every run failed, or its metrics never reached CloudWatch.
+    did not run, or every run failed, or its metrics never reached CloudWatch. The schedule interval is the
+    schedule's *longest* gap over a year (``Settings.schedule_interval``), so an irregular schedule never alarms
+    in its quiet times: ``0 9-17 * * 1-5`` alarms only after N x 64 hours (a weekend) without a success.
+    ``/health`` counts missed fire times and is the prompt signal.
 ``device-sync-<stage>-sync-failed``
     ``Minimum(SyncSuccess) < 1`` in the last interval, missing data not breaching: a run failed.
 ``device-sync-<stage>-many-deletes``
@@ -18,9 +21,11 @@ Two settings of their own, read here from the environment (not part of :class:`~
 and validated like every other setting (a bad value raises :class:`~device_sync.config.ConfigError` naming
 the variable):
 
-``DEVICE_SYNC_ALARM_MISSED_INTERVALS`` (default 3)
-    N, the schedule intervals without a successful sync before the first alarm fires.
-``DEVICE_SYNC_ALARM_MAX_DELETES`` (default 1000)
+``DEVICE_SYNC_ALARM_MISSED_INTERVALS`` (default 3, 1 ... 1440)
+    N, the schedule intervals without a successful sync before the first alarm fires. N x interval must fit
+    CloudWatch's evaluation window (7 days; 1 day for intervals under an hour), so 1440 (a day of one-minute
+    intervals) is the most any schedule allows.
+``DEVICE_SYNC_ALARM_MAX_DELETES`` (default 1000, 0 ... 10^9)
     The most deleted rows in one interval that are still normal.
 """
 
@@ -39,6 +44,8 @@ MISSED_INTERVALS_VARIABLE = "DEVICE_SYNC_ALARM_MISSED_INTERVALS"
 MAX_DELETES_VARIABLE = "DEVICE_SYNC_ALARM_MAX_DELETES"
 DEFAULT_MISSED_INTERVALS = 3
 DEFAULT_MAX_DELETES = 1000
+MAX_MISSED_INTERVALS = 1440  # one day of one-minute intervals: CloudWatch's longest window for short periods
+MAX_MAX_DELETES = 10**9
 
 DEFAULT_REGION = "us-east-1"
 
@@ -57,17 +64,17 @@ RUNBOOK = "Runbook: README.md, section Runbook."
 CHANGE_METRICS = ("RowsInserted", "RowsDeleted", "RowsUpdated", "RowsSkipped")
 
 
-def _env_int(variable: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+def _env_int(variable: str, default: int, *, minimum: int, maximum: int) -> int:
     """An integer setting from the environment, or ``default`` when unset; ConfigError naming it when bad."""
     raw = os.environ.get(variable)
     if raw is None or raw.strip() == "":
         return default
-    accepts = f"a whole number >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+    accepts = f"a whole number >= {minimum} and <= {maximum}"
     try:
         value = int(raw.strip())
-    except ValueError:
+    except ValueError:  # also a number of more than 4300 digits
         raise ConfigError(f"Invalid device-sync configuration: {variable}: must be {accepts} (got {raw!r})") from None
-    if value < minimum or (maximum is not None and value > maximum):
+    if not minimum <= value <= maximum:
         raise ConfigError(f"Invalid device-sync configuration: {variable}: must be {accepts} (got {raw!r})")
     return value
 
@@ -83,7 +90,7 @@ def dashboard_name(settings: Settings) -> str:
 
 
 def alarm_period_seconds(settings: Settings) -> int:
-    """The alarm period: the schedule interval rounded *up* to whole minutes, capped at one day.
+    """The alarm period: the schedule interval (its longest gap) rounded *up* to whole minutes, capped at one day.
 
     Rounding up (never down) keeps at least one scheduled run in every period, so a healthy DAG never
     leaves an empty, breaching period. A schedule slower than daily gets one-day periods; the
@@ -96,27 +103,29 @@ def alarm_period_seconds(settings: Settings) -> int:
 
 def missed_intervals() -> int:
     """N of the "no successful sync" alarm, from ``DEVICE_SYNC_ALARM_MISSED_INTERVALS`` (default 3)."""
-    return _env_int(MISSED_INTERVALS_VARIABLE, DEFAULT_MISSED_INTERVALS, minimum=1)
+    return _env_int(MISSED_INTERVALS_VARIABLE, DEFAULT_MISSED_INTERVALS, minimum=1, maximum=MAX_MISSED_INTERVALS)
 
 
 def max_deletes() -> int:
     """Threshold of the "many deletes" alarm, from ``DEVICE_SYNC_ALARM_MAX_DELETES`` (default 1000)."""
-    return _env_int(MAX_DELETES_VARIABLE, DEFAULT_MAX_DELETES, minimum=0)
+    return _env_int(MAX_DELETES_VARIABLE, DEFAULT_MAX_DELETES, minimum=0, maximum=MAX_MAX_DELETES)
 
 
 def missed_sync_evaluation_periods(settings: Settings) -> int:
-    """Periods the "no successful sync" alarm evaluates: N intervals' worth (N when the period is the interval).
+    """Periods the "no successful sync" alarm evaluates: N intervals' worth, rounded up to whole periods.
 
+    That is N when the period is the interval (intervals up to a day: 5-field crons fire on whole minutes, so
+    the interval is whole minutes too), and more one-day periods for a longer interval (64 h, N=2: 6 days).
     Raises ConfigError when that window exceeds what CloudWatch accepts (7 days; 1 day for periods under
     an hour), naming ``DEVICE_SYNC_ALARM_MISSED_INTERVALS`` and the largest N the schedule allows.
     """
     intervals = missed_intervals()
     period = alarm_period_seconds(settings)
-    periods_per_interval = max(1, math.ceil(settings.schedule_interval.total_seconds() / period))
-    evaluation_periods = intervals * periods_per_interval
+    interval = int(settings.schedule_interval.total_seconds())
+    evaluation_periods = math.ceil(intervals * interval / period)
     limit = MAX_EVALUATION_SECONDS_SHORT_PERIOD if period < SHORT_PERIOD_SECONDS else MAX_EVALUATION_SECONDS
     if evaluation_periods * period > limit:
-        largest = limit // (period * periods_per_interval)
+        largest = (limit // period) * period // interval  # the largest N whose periods fit in the limit
         raise ConfigError(
             f"Invalid device-sync configuration: {MISSED_INTERVALS_VARIABLE}: {intervals} intervals of the schedule "
             f"{settings.schedule!r} ({evaluation_periods} x {period} s) exceed CloudWatch's alarm evaluation limit of "
@@ -161,7 +170,8 @@ def alarm_definitions(settings: Settings, *, alarm_actions: Sequence[str] = ()) 
             "AlarmName": f"{prefix(settings)}no-successful-sync",
             "AlarmDescription": (
                 f"device-sync {stage}: no successful device_parameter_sync run (SyncSuccess=1) for {intervals} "
-                f"schedule intervals of {interval} ({settings.schedule}); missing data counts as breaching. "
+                f"schedule intervals of {interval} (the longest gap of {settings.schedule}); missing data counts as "
+                "breaching. "
                 "The DAG is paused, not scheduled (scheduler down, import error), every run fails, or "
                 "publish_metrics cannot reach CloudWatch. Do: check the DAG is unpaused and runs in Airflow, "
                 "`airflow dags list-import-errors`, the last runs' failed tasks; fix, then clear the latest run. "
