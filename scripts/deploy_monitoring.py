@@ -7,9 +7,11 @@ same ``DEVICE_SYNC_*`` variables and stage file as the DAG, plus ``DEVICE_SYNC_A
 (default 3) and ``DEVICE_SYNC_ALARM_MAX_DELETES`` (default 1000). AWS is reached through the Airflow
 connection ``DEVICE_SYNC_AWS_CONN_ID`` (default ``aws_default``, e.g. ``AIRFLOW_CONN_AWS_DEFAULT``), which
 needs ``cloudwatch:PutMetricAlarm``, ``cloudwatch:DescribeAlarms`` and ``cloudwatch:PutDashboard``.
-``--alarm-action`` (repeatable, e.g. an SNS topic ARN) is notified on ALARM and on OK; a deploy without it
-removes actions deployed earlier, as the alarms are replaced whole. ``--dry-run`` prints the definitions as
-JSON and calls nothing (the dashboard's alarm ARNs then carry the placeholder account ``ACCOUNT_ID``).
+Every call waits at most ``DEVICE_SYNC_CLOUDWATCH_TIMEOUT_SECONDS`` (default 10) to connect and per read, two
+attempts at most. ``--alarm-action`` (repeatable, e.g. an SNS topic ARN) is notified on ALARM and on OK; a
+deploy without it removes actions deployed earlier, as the alarms are replaced whole. ``--dry-run`` prints
+the definitions as JSON and calls nothing (the dashboard's alarm ARNs then carry the placeholder account
+``ACCOUNT_ID``).
 Exit status: 0 deployed (or dry run), 2 invalid configuration.
 """
 
@@ -20,13 +22,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
-from device_sync import monitoring  # noqa: E402
-from device_sync.config import STAGES, ConfigError, Settings, load_settings  # noqa: E402
+from device_sync import metrics, monitoring  # noqa: E402
+from device_sync.config import STAGES, ConfigError, load_settings  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,13 +44,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--dry-run", action="store_true", help="print the definitions as JSON; call nothing")
     return parser.parse_args(argv)
-
-
-def cloudwatch_client(settings: Settings) -> Any:
-    """A CloudWatch client from the Airflow connection the DAG itself uses for its metrics."""
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-    return AwsBaseHook(aws_conn_id=settings.aws_conn_id, client_type="cloudwatch").get_conn()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 0
-    client = cloudwatch_client(settings)
+    # The connection the DAG itself uses for its metrics, every call bounded like the DAG's.
+    client = metrics.cloudwatch_client(settings.aws_conn_id, timeout_seconds=settings.cloudwatch_timeout_seconds)
     summary = monitoring.deploy(client, settings, alarm_actions=args.alarm_action)
     print(
         f"device-sync {settings.stage}: {len(summary['alarms'])} alarms and dashboard {summary['dashboard']!r} "

@@ -126,7 +126,7 @@ def test_airflow_cron_presets_become_their_five_field_expression(monkeypatch: py
     assert settings.schedule == cron_presets[preset]
     # Airflow's timetable reads the preset as that very expression (its summary is the expression it runs).
     assert CronTriggerTimetable(preset, timezone="UTC").summary == settings.schedule
-    assert config.CRON_PRESETS == cron_presets
+    assert cron_presets == config.CRON_PRESETS
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,7 @@ def test_dag_file_imports_without_errors() -> None:
 
 
 WATCHER = "fail_if_sync_failed"
+PUBLISH = "publish_metrics"
 
 
 def test_task_graph_is_the_design_cards_chain(dag: Any) -> None:
@@ -71,12 +72,28 @@ def test_metrics_and_cleanup_always_run_and_a_watcher_keeps_failures_visible(dag
 
 def test_every_task_retries_with_backoff_and_has_a_timeout(dag: Any) -> None:
     for task in dag.tasks:
-        if task.task_id == WATCHER:
+        if task.task_id in (WATCHER, PUBLISH):
             continue
         assert task.retries >= 2, task.task_id
         assert task.retry_exponential_backoff, task.task_id
         assert task.max_retry_delay is not None, task.task_id
         assert task.execution_timeout == timedelta(minutes=60), task.task_id
+
+
+def test_publish_metrics_is_not_retried_by_airflow_but_bounded_by_its_client(dag: Any) -> None:
+    """A CloudWatch outage must not hold the run (and its staging tables, and the next run) for minutes of
+    task retries: the client's own two attempts within DEVICE_SYNC_CLOUDWATCH_TIMEOUT_SECONDS are the retry."""
+    publish = dag.get_task(PUBLISH)
+    assert publish.retries == 0
+    assert publish.execution_timeout == timedelta(minutes=60)
+
+
+def test_steps_mark_the_run_failed_only_once_they_have_failed_for_good(dag: Any) -> None:
+    for task_id in ("discover_active_devices", "aggregate_recent_measurements", "resolve_parameter_names",
+                    "compute_delta", "apply_changes"):  # fmt: skip
+        task = dag.get_task(task_id)
+        assert task.on_failure_callback, task_id
+        assert not task.on_retry_callback, task_id
 
 
 def test_one_active_run_tags_owner_and_docs(dag: Any) -> None:
@@ -124,7 +141,7 @@ def test_environment_changes_schedule_lookback_and_stage(monkeypatch: pytest.Mon
     assert dag.timetable.expression == "*/15 * * * *"
     assert dag.timetable.interval == timedelta(minutes=90)
     assert "prod" in dag.tags
-    assert all(task.retries == 5 for task in dag.tasks if task.task_id != WATCHER)
+    assert all(task.retries == 5 for task in dag.tasks if task.task_id not in (WATCHER, PUBLISH))
 
 
 def test_parsing_touches_no_database_or_network(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -256,9 +256,7 @@ def test_invalid_alarm_settings_raise_config_error_and_deploy_nothing(
 def test_schedule_too_slow_for_the_missed_window_names_the_variable_and_the_largest_n(
     monkeypatch: pytest.MonkeyPatch, schedule: str, missed: str, largest: int
 ) -> None:
-    settings = settings_of(
-        monkeypatch, "dev", DEVICE_SYNC_SCHEDULE=schedule, DEVICE_SYNC_ALARM_MISSED_INTERVALS=missed
-    )
+    settings = settings_of(monkeypatch, "dev", DEVICE_SYNC_SCHEDULE=schedule, DEVICE_SYNC_ALARM_MISSED_INTERVALS=missed)
     with pytest.raises(ConfigError, match=rf"DEVICE_SYNC_ALARM_MISSED_INTERVALS.*must be <= {largest}\b"):
         monitoring.alarm_definitions(settings)
     if largest:

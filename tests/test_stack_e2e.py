@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from conftest import running_airflow_stack
+from device_sync import api
 from device_sync.demo import load_demo_fleet
 
 DAG_ID = "device_parameter_sync"
@@ -121,9 +122,11 @@ def test_scheduled_runs_happen_on_their_own_and_the_health_endpoint_follows(
     assert applied is not None and applied[0] > 0
     assert history[3] >= started - timedelta(minutes=1)
 
+    time.sleep(api.HEALTH_CACHE_SECONDS + 0.5)  # past any answer the api-server cached earlier
     status, body = stack.request("GET", "/device-sync/health")
     assert status == 200, body
     data.execute("UPDATE device_sync.run_history SET finished_at = finished_at - interval '1 day'")
+    time.sleep(api.HEALTH_CACHE_SECONDS + 0.5)
     status, body = stack.request("GET", "/device-sync/health")
     assert status == 503 and body["reason"].startswith("stale")
     data.execute("UPDATE device_sync.run_history SET finished_at = finished_at + interval '1 day'")

@@ -14,7 +14,8 @@ The model is written from the sync's rules, not from its SQL:
   (skipped and counted).
 
 Ids come from small alphabets with case and trailing-space variants so that collisions happen; names are
-lowercase ASCII letters, spaces and a few other whitespace characters. A second sync over the same window must then write nothing.
+lowercase ASCII letters, spaces and a few other whitespace characters. A second sync over the same
+window must then write nothing.
 """
 
 from __future__ import annotations

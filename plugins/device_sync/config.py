@@ -175,8 +175,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=True, extra="ignore")
 
     stage: Stage = Field(
-        "dev", description="Deployment stage, exactly 'dev' or 'prod'; selects the stage file; the Stage dimension "
-        "of every metric."
+        "dev",
+        description="Deployment stage, exactly 'dev' or 'prod'; selects the stage file; the Stage dimension "
+        "of every metric.",
     )
     schedule: str = Field(
         "0 * * * *",

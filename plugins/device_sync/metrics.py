@@ -1,4 +1,9 @@
-"""The one metrics publisher: a run's summary to CloudWatch, through the amazon provider's AwsBaseHook."""
+"""The one metrics publisher: a run's summary to CloudWatch, through the amazon provider's AwsBaseHook.
+
+Every CloudWatch client of the package comes from :func:`cloudwatch_client`, so every AWS call it makes is
+bounded: without it botocore waits 60 s to connect and 60 s per read, with retries (185 s for one publish
+against an endpoint that accepts connections and never answers).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_SECONDS = 10  # the default of DEVICE_SYNC_CLOUDWATCH_TIMEOUT_SECONDS
 
 # Metric name -> (unit, key in the run summary).
 METRICS: dict[str, tuple[str, str]] = {
@@ -44,13 +51,45 @@ def metric_data(summary: Mapping[str, Any]) -> list[MetricDatum]:
     return data
 
 
-def publish(summary: Mapping[str, Any], *, aws_conn_id: str, namespace: str, stage: str) -> list[MetricDatum]:
-    """Send the run's metrics, each with a ``Stage`` dimension, in one ``PutMetricData`` call."""
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+def cloudwatch_client(aws_conn_id: str, *, timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS) -> Any:
+    """A boto3 CloudWatch client of the Airflow connection whose every call is bounded.
 
+    Each attempt waits at most ``timeout_seconds`` to connect and as long for each read, and a call makes at
+    most two attempts (botocore's standard retry mode, which also retries throttling), so one call gives up
+    after about 2 x (connect + read) timeouts plus a short backoff. A botocore config passed to AwsBaseHook
+    replaces the connection's extra ``config_kwargs`` whole, so they are merged here: the connection keeps
+    its other client settings (proxies, signature version, ...) and these bounds win over its own.
+    """
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+    from botocore.config import Config
+
+    bounded = Config(
+        connect_timeout=timeout_seconds,
+        read_timeout=timeout_seconds,
+        retries={"total_max_attempts": 2, "mode": "standard"},
+    )
+    from_connection = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="cloudwatch").conn_config.botocore_config
+    config = from_connection.merge(bounded) if from_connection is not None else bounded
+    return AwsBaseHook(aws_conn_id=aws_conn_id, client_type="cloudwatch", config=config).get_conn()
+
+
+def publish(
+    summary: Mapping[str, Any],
+    *,
+    aws_conn_id: str,
+    namespace: str,
+    stage: str,
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
+) -> list[MetricDatum]:
+    """Send the run's metrics, each with a ``Stage`` dimension, in one ``PutMetricData`` call.
+
+    ``timeout_seconds`` bounds the call (see :func:`cloudwatch_client`); pass
+    ``settings.cloudwatch_timeout_seconds``. An unreachable or silent endpoint raises botocore's
+    ``EndpointConnectionError``/``ConnectTimeoutError``/``ReadTimeoutError``, which name the endpoint URL.
+    """
     data = metric_data(summary)
     timestamp = datetime.now(UTC)
-    client = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="cloudwatch").get_conn()
+    client = cloudwatch_client(aws_conn_id, timeout_seconds=timeout_seconds)
     client.put_metric_data(
         Namespace=namespace,
         MetricData=[

@@ -357,7 +357,11 @@ def publish_metrics(**context: Any) -> dict[str, Any]:
         failed = summary.get("failed_task") or "a step"
         record_failure(context, settings, f"{failed}: failed, see the task logs of this run", keep_error=True)
     metrics.publish(
-        summary, aws_conn_id=settings.aws_conn_id, namespace=settings.cloudwatch_namespace, stage=settings.stage
+        summary,
+        aws_conn_id=settings.aws_conn_id,
+        namespace=settings.cloudwatch_namespace,
+        stage=settings.stage,
+        timeout_seconds=settings.cloudwatch_timeout_seconds,
     )
     return summary
 
