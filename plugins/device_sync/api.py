@@ -30,6 +30,8 @@ from psycopg.rows import dict_row
 
 from device_sync import db
 from device_sync.config import Settings, load_settings
+from device_sync.sync import GUARDS, OLDER_WINDOW
+from device_sync.tasks import STEP_TASK_IDS
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +45,8 @@ SQL = "device_parameter_sync/"
 
 # The tasks that record a failure as "<task_id>: <error>" in the run history, and the guards it may record.
 # /health names only these (never free text from the error column), so nothing of the error can leak.
-KNOWN_TASKS = (
-    "discover_active_devices",
-    "aggregate_recent_measurements",
-    "resolve_parameter_names",
-    "compute_delta",
-    "apply_changes",
-    "publish_metrics",
-)
-KNOWN_GUARDS = ("mass_delete", "stale_measurements", "older_window")
-OLDER_WINDOW = "older_window"
+KNOWN_TASKS = (*STEP_TASK_IDS, "publish_metrics")
+KNOWN_GUARDS = GUARDS
 
 
 def _dag_read_dependency() -> Callable[..., None]:
