@@ -10,7 +10,8 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 VENV := $(CURDIR)/.venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: venv demo test lint lock clean airflow airflow-stop deploy-monitoring bench
+.PHONY: venv demo test lint lock clean airflow airflow-stop deploy-monitoring bench dist
+DIST ?= $(CURDIR)/dist
 
 venv: $(VENV)/.installed
 
@@ -37,6 +38,12 @@ airflow-stop: venv
 deploy-monitoring: venv
 	$(VENV)/bin/python scripts/deploy_monitoring.py
 
+# The installable wheel, dist/device_sync-<version>-py3-none-any.whl (the package, its SQL and stage files, the
+# plugin's entry point), built with the pinned backend of build-constraints.txt; earlier wheels are removed.
+dist: | $(UV)
+	rm -f $(DIST)/device_sync-*.whl
+	$(UV) build --quiet --wheel --build-constraint build-constraints.txt --out-dir $(DIST) .
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -51,10 +58,10 @@ test: lint
 bench: venv
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
-# Re-pin every dependency after editing requirements.in / requirements-dev.in.
+# Re-pin every dependency after editing pyproject.toml's dependencies / requirements-dev.in.
 lock: | $(UV)
-	$(UV) pip compile --quiet --python-version $(PYTHON_VERSION) requirements.in -o requirements.txt
+	$(UV) pip compile --quiet --python-version $(PYTHON_VERSION) pyproject.toml -o requirements.txt
 	$(UV) pip compile --quiet --python-version $(PYTHON_VERSION) requirements-dev.in -c requirements.txt -o requirements-dev.txt
 
 clean:
-	rm -rf $(VENV) .tools .demo .airflow .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .tools .demo .airflow .pytest_cache .mypy_cache .ruff_cache .hypothesis dist

@@ -1,32 +1,15 @@
-"""Registers device-sync's operator endpoints with ``airflow api-server`` and links them in the UI.
+"""The checkout's way in for device-sync's Airflow plugin (:mod:`device_sync.plugin`).
 
-Served under ``/device-sync``: ``/health`` (public, for load balancers), ``/runs``, ``/changes`` and the
-status page ``/`` (these three need an Airflow login that may read the DAG's runs). A root middleware
-refuses REST triggers of the DAG whose window would end in the future (:mod:`device_sync.trigger_guard`).
+Installed from the wheel, the plugin registers through the distribution's ``airflow.plugins`` entry point and
+needs no plugins folder. When this file sits in a plugins folder as well (the repository's layout), it exposes
+the plugin only if no installed distribution registers it, so Airflow never sees it twice.
 """
 
 from __future__ import annotations
 
-from airflow.plugins_manager import AirflowPlugin
+from importlib.metadata import entry_points
 
-from device_sync.api import app
-from device_sync.trigger_guard import RefuseFutureTriggers
+from device_sync.plugin import NAME
 
-URL_PREFIX = "/device-sync"
-
-
-class DeviceSyncPlugin(AirflowPlugin):
-    name = "device_sync"
-    fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "device-sync operations"}]
-    fastapi_root_middlewares = [
-        {"middleware": RefuseFutureTriggers, "args": [], "kwargs": {}, "name": "device-sync future-window refusal"}
-    ]
-    external_views = [
-        {
-            "name": "Device sync status",
-            "href": f"{URL_PREFIX}/",
-            "destination": "nav",
-            "category": "browse",
-            "url_route": "device-sync",
-        }
-    ]
+if not entry_points(group="airflow.plugins", name=NAME):
+    from device_sync.plugin import DeviceSyncPlugin  # noqa: F401  (Airflow finds the class in this module)

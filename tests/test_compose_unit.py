@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from device_sync import config
-from device_sync.config import STAGE_FILES, STAGES, Settings
+from device_sync import resources
+from device_sync.config import STAGES, Settings
 from device_sync.demo import load_demo_fleet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -312,7 +312,7 @@ def test_device_sync_variables_are_settings_of_the_package(
     for name in device_sync:
         assert name.removeprefix("DEVICE_SYNC_").lower() in Settings.model_fields, f"{name} is not a setting"
     assert example["DEVICE_SYNC_STAGE"] in STAGES
-    assert (STAGE_FILES / f"{example['DEVICE_SYNC_STAGE']}.env").is_file()
+    assert resources.stage_file(example["DEVICE_SYNC_STAGE"]).is_file()
     # The connection ids the DAG uses are the connections the stack defines.
     env = environment(compose["x-airflow-common"])
     for setting in ("DEVICE_SYNC_POSTGRES_CONN_ID", "DEVICE_SYNC_AWS_CONN_ID"):
@@ -351,18 +351,26 @@ def test_dockerfile_pins_the_airflow_of_requirements_and_installs_them(compose: 
     assert compiled_for and base["python"] == compiled_for[1]
     copied = re.search(r"^COPY\s+requirements\.txt\s+(\S+)$", dockerfile, re.MULTILINE)
     assert copied, "Dockerfile does not copy requirements.txt"
-    assert re.search(rf"^RUN pip install .*-r {re.escape(copied[1])}$", dockerfile, re.MULTILINE)
+    # The image installs the wheel of `make dist` (the artifact MWAA users deploy), never copied package folders.
+    dist = re.search(r"^COPY\s+dist/\s+(\S+?)/?$", dockerfile, re.MULTILINE)
+    assert dist, "Dockerfile does not copy the dist/ of make dist"
+    installs = re.search(r"^RUN pip install (.*)$", dockerfile, re.MULTILINE)
+    assert installs
+    assert f"{dist[1]}/device_sync-*.whl" in installs[1] and f"-r {copied[1]}" in installs[1]
+    assert not re.search(r"^COPY\s+(?:--\S+\s+)*(plugins|include)/", dockerfile, re.MULTILINE)
+    assert "dist" not in (REPO / ".dockerignore").read_text(encoding="utf-8").split()
     # The image compose builds is this Dockerfile, tagged with the same Airflow version.
     common = compose["x-airflow-common"]
     assert common["build"] == {"context": ".", "dockerfile": "Dockerfile"}
     assert common["image"].endswith(f":{pinned[1]}")
-    # Code copied into the image lands where compose mounts the working copy.
+    # The DAG file copied into the image lands where compose mounts the working copy's dags/.
     copies = dict(re.findall(r"^COPY\s+(?:--\S+\s+)*(\w+)/\s+(\S+?)/?$", dockerfile, re.MULTILINE))
+    copies.pop("dist")
     mounts = {bind_source(v): container_path(v) for v in common["volumes"] if bind_source(v)}
     assert {f"./{source}": target for source, target in copies.items()} == mounts
 
 
-def test_mounted_host_paths_exist_and_plugins_and_include_are_siblings(
+def test_mounted_host_paths_exist_and_only_dags_is_mounted_into_airflow(
     compose: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
     named = set(compose.get("volumes") or {})
@@ -375,12 +383,8 @@ def test_mounted_host_paths_exist_and_plugins_and_include_are_siblings(
                 assert not source.startswith("/"), f"{name}: {source} is outside the repository"
                 assert (REPO / source).exists(), f"{name}: {source} does not exist"
     mounts = {bind_source(v): container_path(v) for v in compose["x-airflow-common"]["volumes"] if bind_source(v)}
-    assert mounts == {f"./{part}": f"{AIRFLOW_HOME}/{part}" for part in ("dags", "plugins", "include")}
-    # The package finds include/ from its own file: Path(__file__).resolve().parents[2] / "include", which
-    # in the containers must be the mounted include/.
-    in_container = Path(mounts["./plugins"]) / Path(config.__file__).resolve().relative_to(REPO / "plugins")
-    assert in_container.parents[2] / "include" == Path(mounts["./include"])
-    assert STAGE_FILES == REPO / "include" / "config"
+    # The package, its SQL and stage files come from the wheel installed in the image.
+    assert mounts == {"./dags": f"{AIRFLOW_HOME}/dags"}
 
 
 def test_demo_seed_sets_every_demo_setting_and_loads_the_mounted_fleet_sql(services: dict[str, dict[str, Any]]) -> None:

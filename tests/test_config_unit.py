@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from device_sync import config
-from device_sync.config import STAGE_FILES, STAGES, ConfigError, Settings, load_settings
+from device_sync import config, resources
+from device_sync.config import STAGES, ConfigError, Settings, load_settings
 
 
 def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -295,7 +295,7 @@ def test_stage_values_are_exact(monkeypatch: pytest.MonkeyPatch, value: str) -> 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_files_name_settings_exactly(stage: str) -> None:
-    values = dotenv_values(STAGE_FILES / f"{stage}.env")
+    values = dotenv_values(resources.stage_file(stage))
     assert values
     for name, value in values.items():
         assert name.isupper() and name.startswith("DEVICE_SYNC_"), name

@@ -17,7 +17,6 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from croniter import CroniterBadDateError, croniter
@@ -26,13 +25,14 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from device_sync import resources
+
 if TYPE_CHECKING:
     from psycopg import sql
 
 ENV_PREFIX = "DEVICE_SYNC_"
 Stage = Literal["dev", "prod"]
 STAGES: tuple[str, ...] = get_args(Stage)
-STAGE_FILES = Path(__file__).resolve().parents[2] / "include" / "config"
 
 # A plain, unquoted PostgreSQL identifier. Anything else (quotes, dots inside a part, spaces,
 # semicolons) is refused rather than escaped, so a misconfiguration can never become SQL.
@@ -255,6 +255,16 @@ class Settings(BaseSettings):
     cloudwatch_timeout_seconds: int = Field(
         10, ge=1, le=300, description="Connect and read timeout of every CloudWatch call (two attempts at most)."
     )
+    deploy_bucket: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="S3 bucket (versioning enabled) that `make deploy` uploads the MWAA artifacts to.",
+    )
+    mwaa_environment: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z][0-9A-Za-z_-]{0,79}$",
+        description="Amazon MWAA environment that `make deploy` updates (unset: upload only).",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -324,7 +334,7 @@ def load_settings() -> Settings:
             f"Invalid device-sync configuration: {ENV_PREFIX}STAGE: Input should be 'dev' or 'prod' (got {stage!r})"
         )
     try:
-        return Settings(_env_file=STAGE_FILES / f"{stage}.env")  # type: ignore[call-arg]
+        return Settings(_env_file=resources.stage_file(stage))  # type: ignore[call-arg]
     except ValidationError as error:
         problems = []
         for item in error.errors():

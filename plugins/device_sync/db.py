@@ -13,22 +13,21 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import tenacity
 from psycopg import sql
 
-log = logging.getLogger(__name__)
+from device_sync import resources
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "include" / "sql"
+log = logging.getLogger(__name__)
 
 
 @cache
 def load_sql(name: str) -> str:
-    """Return the text of ``include/sql/<name>`` (found relative to this package, not the cwd)."""
-    return (SQL_DIR / name).read_text(encoding="utf-8")
+    """Return the text of ``include/sql/<name>`` (package data: see :mod:`device_sync.resources`)."""
+    return resources.sql_text(name)
 
 
 def compose(name: str, identifiers: Mapping[str, sql.Composable]) -> sql.Composed:
