@@ -1,8 +1,8 @@
 """The one metrics publisher: a run's summary to CloudWatch, through the amazon provider's AwsBaseHook.
 
-Every CloudWatch client of the package comes from :func:`cloudwatch_client`, so every AWS call it makes is
-bounded: without it botocore waits 60 s to connect and 60 s per read, with retries (185 s for one publish
-against an endpoint that accepts connections and never answers).
+Every AWS client of the package (CloudWatch here; S3 and MWAA for ``scripts/deploy.py``) comes from
+:func:`aws_client`, so every AWS call it makes is bounded: without it botocore waits 60 s to connect and 60 s
+per read, with retries (185 s for one publish against an endpoint that accepts connections and never answers).
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def metric_data(summary: Mapping[str, Any]) -> list[MetricDatum]:
     return data
 
 
-def cloudwatch_client(aws_conn_id: str, *, timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS) -> Any:
-    """A boto3 CloudWatch client of the Airflow connection whose every call is bounded.
+def aws_client(service: str, aws_conn_id: str, *, timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS) -> Any:
+    """A boto3 client of ``service`` (``"cloudwatch"``, ``"s3"``, ``"mwaa"``, ...) of the Airflow connection whose
+    every call is bounded.
 
     Each attempt waits at most ``timeout_seconds`` to connect and as long for each read, and a call makes at
     most two attempts (botocore's standard retry mode, which also retries throttling), so one call gives up
@@ -68,9 +69,14 @@ def cloudwatch_client(aws_conn_id: str, *, timeout_seconds: int = DEFAULT_TIMEOU
         read_timeout=timeout_seconds,
         retries={"total_max_attempts": 2, "mode": "standard"},
     )
-    from_connection = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="cloudwatch").conn_config.botocore_config
+    from_connection = AwsBaseHook(aws_conn_id=aws_conn_id, client_type=service).conn_config.botocore_config
     config = from_connection.merge(bounded) if from_connection is not None else bounded
-    return AwsBaseHook(aws_conn_id=aws_conn_id, client_type="cloudwatch", config=config).get_conn()
+    return AwsBaseHook(aws_conn_id=aws_conn_id, client_type=service, config=config).get_conn()
+
+
+def cloudwatch_client(aws_conn_id: str, *, timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS) -> Any:
+    """A boto3 CloudWatch client of the Airflow connection whose every call is bounded (see :func:`aws_client`)."""
+    return aws_client("cloudwatch", aws_conn_id, timeout_seconds=timeout_seconds)
 
 
 def publish(
