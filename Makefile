@@ -10,7 +10,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 VENV := $(CURDIR)/.venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: venv demo test lint lock clean airflow airflow-stop deploy-monitoring bench dist
+.PHONY: venv demo test lint lock clean airflow airflow-stop deploy-monitoring bench dist deploy
 DIST ?= $(CURDIR)/dist
 
 venv: $(VENV)/.installed
@@ -43,6 +43,12 @@ deploy-monitoring: venv
 dist: | $(UV)
 	rm -f $(DIST)/device_sync-*.whl
 	$(UV) build --quiet --wheel --build-constraint build-constraints.txt --out-dir $(DIST) .
+
+# Amazon MWAA: the DAG file, plugins.zip (the wheel), requirements.txt and startup.sh of STAGE (dev or prod) to
+# DEVICE_SYNC_DEPLOY_BUCKET (versioned), then DEVICE_SYNC_MWAA_ENVIRONMENT updated and the stage's alarms deployed;
+# only what changed. DEPLOY_ARGS: --dry-run, --dags-only, --alarm-action ARN.
+deploy: venv dist
+	$(VENV)/bin/python scripts/deploy.py --stage "$(STAGE)" --dist "$(DIST)" $(DEPLOY_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
