@@ -10,7 +10,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 VENV := $(CURDIR)/.venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: venv demo test lint lock clean airflow airflow-stop deploy-monitoring bench dist deploy
+.PHONY: venv demo test lint lock clean airflow airflow-stop deploy-monitoring bench dist deploy migrate
 DIST ?= $(CURDIR)/dist
 
 venv: $(VENV)/.installed
@@ -49,6 +49,11 @@ dist: | $(UV)
 # only what changed. DEPLOY_ARGS: --dry-run, --dags-only, --alarm-action ARN.
 deploy: venv dist
 	$(VENV)/bin/python scripts/deploy.py --stage "$(STAGE)" --dist "$(DIST)" $(DEPLOY_ARGS)
+
+# The package's own tables (iot_data.device_parameters, the staging schema's history) brought to this version's
+# schema as their owner (the admin): include/sql/migrations/, each applied once. MIGRATE_ARGS: --database-url URL, --check.
+migrate: venv
+	$(VENV)/bin/python scripts/migrate.py $(MIGRATE_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

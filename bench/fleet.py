@@ -15,7 +15,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from device_sync import db
+from device_sync import migrations
+from device_sync.config import Settings
 
 TIME_INDEX = "measurements_time_idx"
 COMPOSITE_INDEX = "measurements_device_parameter_time_idx"
@@ -45,11 +46,6 @@ def generator_digest() -> str:
     for name in ("generate_fleet.sql", "drift_target.sql"):
         digest.update((SQL_DIR / name).read_bytes())
     return digest.hexdigest()[:16]
-
-
-def target_ddl() -> sql.Composed:
-    """The target table exactly as the sync creates it (the seed DDL), from the package's own SQL."""
-    return db.compose("device_parameter_sync/ensure_schema.sql", {"staging_schema": sql.Identifier("device_sync")})
 
 
 def recreate_database(name: str) -> None:
@@ -84,7 +80,8 @@ def generate(database: str, spec: FleetSpec) -> dict[str, Any]:
             conn.execute("SELECT set_config(%s, %s, false)", (f"device_sync_bench.{name}", value))
         started = time.perf_counter()
         conn.execute(load_sql("generate_fleet"))
-        conn.execute(target_ddl())
+        conn.commit()
+        migrations.migrate(conn, Settings())  # the target table exactly as the sync creates it
         conn.execute(load_sql("drift_target"))
         generation_seconds = time.perf_counter() - started
         started = time.perf_counter()

@@ -22,7 +22,7 @@ SERVER_SETTINGS = (
     "random_page_cost",
     "synchronous_commit",
 )
-MEASURED_CODE = ("plugins/device_sync/*.py", "include/sql/device_parameter_sync/*.sql", "dags/*.py")
+MEASURED_CODE = ("plugins/device_sync/*.py", "include/sql/device_parameter_sync/*/*.sql", "dags/*.py")
 
 
 def _cpu_model() -> str:

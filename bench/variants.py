@@ -25,6 +25,8 @@ from pg import connect
 
 from device_sync import db, sync
 from device_sync.config import Settings
+from device_sync.staging import StagingTables, drop_tables
+from device_sync.window import Window
 
 
 @dataclass
@@ -46,8 +48,8 @@ def window_params(window_end: datetime, lookback_minutes: int) -> dict[str, date
 def _aggregate(
     conn: psycopg.Connection[Any],
     settings: Settings,
-    staging: sync.StagingTables,
-    window: sync.Window,
+    staging: StagingTables,
+    window: Window,
     shard: int,
     shards: int,
 ) -> tuple[dict[str, Any], float]:
@@ -61,8 +63,8 @@ def run_ours(settings: Settings, window_end: datetime, lookback_minutes: int, sh
     """All steps of one DAG run, timed per step. Connections are opened before and closed after the timing;
     the staging tables are dropped untimed (the DAG's teardown)."""
     run_id = f"bench-{uuid.uuid4().hex[:12]}"
-    staging = sync.StagingTables.for_run(settings.staging_schema, "bench", run_id)
-    window = sync.Window.ending_at(window_end, lookback_minutes)
+    staging = StagingTables.for_run(settings.staging_schema, "bench", run_id)
+    window = Window.ending_at(window_end, lookback_minutes)
     connections = [db.connect(settings.postgres_conn_id) for _ in range(shards)]
     conn = connections[0]
     steps: dict[str, float] = {}
@@ -100,7 +102,7 @@ def run_ours(settings: Settings, window_end: datetime, lookback_minutes: int, sh
         seconds = time.perf_counter() - started
     finally:
         try:
-            sync.drop_staging(conn, settings, staging)
+            drop_tables(conn, settings, staging)
         finally:
             for connection in connections:
                 connection.close()

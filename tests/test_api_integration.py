@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from conftest import ADMIN_URL, free_port, psycopg_url_to_airflow_uri
 from device_sync import api, sync
 from device_sync.config import Settings, load_settings
+from device_sync.history import mark_run_failed
 from source_data import execute, query
 
 DAG_ID = "device_parameter_sync"
@@ -113,10 +114,9 @@ def test_health_after_a_failed_run_names_the_task_but_no_error_text(
     add_run(history, "good-run", timedelta(minutes=30))
     settings = load_settings()
     error = f"apply_changes: {real_connection_error()}\nFATAL: permission denied for table device_parameters"
-    sync.record_failure(
+    mark_run_failed(
         history,
         settings,
-        sync.StagingTables.for_run(settings.staging_schema, DAG_ID, "bad-run"),
         {"run_id": "bad-run", "dag_id": DAG_ID, "error": error},
     )
     status, body = get_health(client)

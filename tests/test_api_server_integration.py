@@ -16,6 +16,9 @@ from conftest import ADMIN_URL
 from device_sync import api, sync
 from device_sync.config import load_settings
 from device_sync.demo import load_demo_fleet
+from device_sync.history import mark_run_failed
+from device_sync.staging import StagingTables
+from device_sync.window import Window
 
 DAG_ID = "device_parameter_sync"
 
@@ -43,8 +46,8 @@ def data(stack: Any) -> Iterator[psycopg.Connection[Any]]:
 
 def run_sync(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
     settings = load_settings()
-    staging = sync.StagingTables.for_run(settings.staging_schema, DAG_ID, run_id)
-    window = sync.Window.ending_at(datetime.now(UTC), settings.lookback_minutes)
+    staging = StagingTables.for_run(settings.staging_schema, DAG_ID, run_id)
+    window = Window.ending_at(datetime.now(UTC), settings.lookback_minutes)
     return sync.sync_once(conn, settings, staging, window, run_id=run_id)
 
 
@@ -98,10 +101,9 @@ def test_health_is_503_when_the_last_applied_sync_is_stale(stack: Any, data: psy
 def test_health_is_503_when_the_last_run_failed(stack: Any, data: psycopg.Connection[Any]) -> None:
     run_sync(data, "good-run")
     settings = load_settings()
-    sync.record_failure(
+    mark_run_failed(
         data,
         settings,
-        sync.StagingTables.for_run(settings.staging_schema, DAG_ID, "bad-run"),
         {"run_id": "bad-run", "dag_id": DAG_ID, "error": "apply_changes: boom"},
     )
     status, body = health(stack)

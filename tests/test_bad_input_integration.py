@@ -20,8 +20,12 @@ from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.exceptions import ParamValidationError
 
 from conftest import REPO
-from device_sync import sync, tasks
+from device_sync import sync
 from device_sync.config import Settings, load_settings
+from device_sync.options import MAX_DEVICE_IDS, MAX_LOOKBACK_MINUTES
+from device_sync.staging import StagingTables
+from device_sync.summary import STEP_TASK_IDS
+from device_sync.window import Window
 from source_data import (
     add_devices,
     add_measurements,
@@ -81,8 +85,8 @@ def run_sync(
     return sync.sync_once(
         conn,
         settings,
-        sync.StagingTables.for_run(settings.staging_schema, DAG_ID, run_id),
-        sync.Window.ending_at(end, LOOKBACK),
+        StagingTables.for_run(settings.staging_schema, DAG_ID, run_id),
+        Window.ending_at(end, LOOKBACK),
         run_id=run_id,
         device_ids=device_ids,
     )
@@ -389,7 +393,7 @@ def test_unknown_postgres_connection_id_imports_fine_but_fails_the_first_task_na
     # Failed for good, not retried forever. (Today it is tried retries + 1 times: the hook's
     # AirflowNotFoundException is not among the errors tasks.py fails at once without retries.)
     assert 1 <= tries <= retries + 1
-    for task_id in tasks.STEP_TASK_IDS[1:]:
+    for task_id in STEP_TASK_IDS[1:]:
         assert states[task_id][0] == "upstream_failed", task_id
     assert states["fail_if_sync_failed"][0] == "failed"
     assert "The conn_id `nope` isn't defined" in capfd.readouterr().out
@@ -404,13 +408,13 @@ TRIGGER_PARAM_CASES = [
     ({"lookback_minutes": 1.5}, "lookback_minutes"),
     ({"lookback_minutes": 0}, "lookback_minutes"),
     ({"lookback_minutes": -60}, "lookback_minutes"),
-    ({"lookback_minutes": tasks.MAX_LOOKBACK_MINUTES + 1}, "lookback_minutes"),
+    ({"lookback_minutes": MAX_LOOKBACK_MINUTES + 1}, "lookback_minutes"),
     ({"device_ids": []}, "device_ids"),
     ({"device_ids": "d1"}, "device_ids"),
     ({"device_ids": [1]}, "device_ids"),
     ({"device_ids": [""]}, "device_ids"),
     ({"device_ids": ["d" * 257]}, "device_ids"),
-    ({"device_ids": [f"d{i}" for i in range(tasks.MAX_DEVICE_IDS + 1)]}, "device_ids"),
+    ({"device_ids": [f"d{i}" for i in range(MAX_DEVICE_IDS + 1)]}, "device_ids"),
 ]
 
 

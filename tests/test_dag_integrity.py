@@ -18,17 +18,18 @@ from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import CronTriggerTimetable
 
 from conftest import REPO
-from device_sync import tasks
+from device_sync.options import window_end_of
 
 DAG_ID = "device_parameter_sync"
+PLAN = "plan_aggregation_shards"
 CHAIN = [
+    PLAN,
     "discover_active_devices",
     "aggregate_recent_measurements",
     "resolve_parameter_names",
     "compute_delta",
     "apply_changes",
     "publish_metrics",
-    "cleanup_staging",
 ]
 
 
@@ -53,20 +54,35 @@ WATCHER = "fail_if_sync_failed"
 PUBLISH = "publish_metrics"
 
 
+SETUPS = {"discover_active_devices", "aggregate_recent_measurements", "resolve_parameter_names"}
+
+
 def test_task_graph_is_the_design_cards_chain(dag: Any) -> None:
-    assert sorted(dag.task_ids) == sorted([*CHAIN, WATCHER])
+    assert sorted(dag.task_ids) == sorted([*CHAIN, "cleanup_staging", WATCHER])
     for upstream, downstream in itertools.pairwise(CHAIN):
-        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+        assert upstream in dag.get_task(downstream).upstream_task_ids, downstream
+    # The shards and resolve_parameter_names take this run's shard count from the plan; the teardown has its
+    # setups as direct upstreams.
+    assert dag.get_task("aggregate_recent_measurements").upstream_task_ids == {PLAN, "discover_active_devices"}
+    assert dag.get_task("resolve_parameter_names").upstream_task_ids == {PLAN, "aggregate_recent_measurements"}
+    assert dag.get_task("cleanup_staging").upstream_task_ids == {"apply_changes", *SETUPS}
+
+
+def test_the_steps_that_create_staging_tables_are_setups_of_the_cleanup(dag: Any) -> None:
+    """Clearing a later task of a finished run (compute_delta, apply_changes) re-runs these first."""
+    assert {task.task_id for task in dag.tasks if task.is_setup} == SETUPS
+    assert [task.task_id for task in dag.tasks if task.is_teardown] == ["cleanup_staging"]
 
 
 def test_metrics_and_cleanup_always_run_and_a_watcher_keeps_failures_visible(dag: Any) -> None:
     assert dag.get_task("publish_metrics").trigger_rule == "all_done"
     assert dag.get_task("cleanup_staging").is_teardown
-    assert not any(dag.get_task(task_id).is_teardown for task_id in CHAIN[:6])
     watcher = dag.get_task(WATCHER)
     assert watcher.trigger_rule == "one_failed"
     assert watcher.retries == 0
-    assert watcher.upstream_task_ids == set(CHAIN[:6])
+    # A failed setup leaves compute_delta upstream_failed, which one_failed counts (setups themselves may only
+    # be followed by all_success tasks).
+    assert watcher.upstream_task_ids == {PLAN, "compute_delta", "apply_changes", "publish_metrics"}
     assert watcher.downstream_task_ids == set()
 
 
@@ -165,8 +181,8 @@ def test_window_end_is_data_interval_end_else_run_after() -> None:
         data_interval_end=datetime(2026, 1, 2, tzinfo=UTC), run_after=datetime(2026, 1, 3, tzinfo=UTC)
     )
     no_logical_date = SimpleNamespace(data_interval_end=None, run_after=datetime(2026, 1, 3, tzinfo=UTC))
-    assert tasks.window_end_of(scheduled) == datetime(2026, 1, 2, tzinfo=UTC)
-    assert tasks.window_end_of(no_logical_date) == datetime(2026, 1, 3, tzinfo=UTC)
+    assert window_end_of(scheduled) == datetime(2026, 1, 2, tzinfo=UTC)
+    assert window_end_of(no_logical_date) == datetime(2026, 1, 3, tzinfo=UTC)
 
 
 def airflow_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -29,11 +29,16 @@ from typing import Any
 import boto3
 import psycopg
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 from psycopg import sql
 
 from conftest import ADMIN_URL, free_port, run_dag_test
-from device_sync import db, metrics, sync, tasks
+from device_sync import db, metrics, sync
 from device_sync.config import Settings, load_settings
+from device_sync.errors import CONNECT_ATTEMPTS, connection, is_statement_timeout
+from device_sync.staging import StagingTables, drop_tables
+from device_sync.summary import STEP_TASK_IDS
+from device_sync.window import Window
 from source_data import add_devices, add_measurements, add_parameters, add_target, execute, query, snapshot, target
 
 DAG_ID = "device_parameter_sync"
@@ -41,7 +46,7 @@ T = datetime(2026, 11, 30, 12, tzinfo=UTC)  # window end of the step-level runs 
 LOOKBACK = 60
 INSIDE = T - timedelta(minutes=30)  # inside both the step-level window and the DAG's default 1440-minute one
 NAMESPACE = "IoT/DeviceParameterSync"
-LOCK_TARGET = db.load_sql("device_parameter_sync/lock_target.sql")
+LOCK_TARGET = db.load_sql(f"{db.STEPS_SQL}lock_target.sql")
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -77,12 +82,12 @@ def staging_tables(conn: psycopg.Connection[Any]) -> list[str]:
     return sorted(name for (name,) in rows)
 
 
-def staging_for(settings: Settings, run_id: str) -> sync.StagingTables:
-    return sync.StagingTables.for_run(settings.staging_schema, DAG_ID, run_id)
+def staging_for(settings: Settings, run_id: str) -> StagingTables:
+    return StagingTables.for_run(settings.staging_schema, DAG_ID, run_id)
 
 
 def run_steps(
-    conn: psycopg.Connection[Any], settings: Settings, staging: sync.StagingTables, window: sync.Window
+    conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables, window: Window
 ) -> dict[str, int]:
     """The four steps before apply_changes, as the DAG runs them; returns the planned delta's counts."""
     sync.discover_active_devices(conn, settings, staging)
@@ -91,7 +96,7 @@ def run_steps(
     return sync.compute_delta(conn, settings, staging)
 
 
-def run_record(run_id: str, window: sync.Window) -> dict[str, Any]:
+def run_record(run_id: str, window: Window) -> dict[str, Any]:
     return {"run_id": run_id, "dag_id": DAG_ID, "window_start": window.start, "window_end": window.end}
 
 
@@ -279,7 +284,7 @@ def test_apply_backend_terminated_mid_transaction_leaves_no_trace_and_a_retry_co
     ``sync_once``: the whole sync is killed in its apply, then run again with the same run id / staging names."""
     settings = load_settings()
     seed_apply_with_every_kind_of_change(conn)
-    window = sync.Window.ending_at(T, LOOKBACK)
+    window = Window.ending_at(T, LOOKBACK)
     staging = staging_for(settings, "run-killed")
     run = run_record("run-killed", window)
     before = snapshot(conn)
@@ -313,7 +318,7 @@ def test_apply_backend_terminated_mid_transaction_leaves_no_trace_and_a_retry_co
     with psycopg.connect(database_url) as second:
         if retry == "apply_changes":
             result = sync.apply_changes(second, settings, staging, run=run)
-            sync.drop_staging(second, settings, staging)
+            drop_tables(second, settings, staging)
         else:
             result = sync.sync_once(second, settings, staging, window, run_id="run-killed")
 
@@ -353,7 +358,7 @@ def test_dag_run_whose_apply_backend_is_terminated_is_completed_by_airflows_retr
     assert_terminated_mid_apply_without_trace(observer.result, before)
     # The first attempt of apply_changes died with its backend; Airflow's retry applied the changes.
     assert states["apply_changes"] == ("success", 2)
-    for task_id in tasks.STEP_TASK_IDS[:4]:
+    for task_id in STEP_TASK_IDS[:4]:
         assert states[task_id] == ("success", 1), task_id
     assert states["publish_metrics"] == ("success", 1)
     assert states["cleanup_staging"] == ("success", 1)
@@ -431,10 +436,10 @@ def test_task_connecting_while_postgres_refuses_connections_retries_with_backoff
             psycopg.connect(database_url, connect_timeout=5).close()
         reopen.start()
         started = time.monotonic()
-        with tasks.connection(settings) as task_conn:
+        with connection(settings) as task_conn:
             connected_after = time.monotonic() - started
             summary = sync.sync_once(
-                task_conn, settings, staging_for(settings, "run-refused"), sync.Window.ending_at(T, LOOKBACK)
+                task_conn, settings, staging_for(settings, "run-refused"), Window.ending_at(T, LOOKBACK)
             )
     finally:
         reopen.cancel()
@@ -450,7 +455,7 @@ def test_task_connecting_while_postgres_refuses_connections_retries_with_backoff
     assert len(messages) == 2, messages
     for attempt, (message, wait) in enumerate(zip(messages, (1, 2), strict=True), start=1):
         assert f"connection {settings.postgres_conn_id}" in message
-        assert f"attempt {attempt} of {tasks.CONNECT_ATTEMPTS}" in message
+        assert f"attempt {attempt} of {CONNECT_ATTEMPTS}" in message
         assert f"retrying in {wait} s" in message
         assert f'database "{dbname}" is not currently accepting connections' in message
 
@@ -548,23 +553,23 @@ def test_a_statement_cancelled_by_someone_else_is_a_retried_fault_not_a_timeout(
     canceller.start()
     started = time.monotonic()
     with pytest.raises(psycopg.errors.QueryCanceled, match="due to user request") as cancelled:  # noqa: SIM117
-        with tasks.connection(settings) as task_conn, db.transaction(task_conn, 60) as cur:
+        with connection(settings) as task_conn, db.transaction(task_conn, 60) as cur:
             cur.execute("SELECT pg_sleep(30)")
     canceller.join(timeout=30)
     assert canceller.error is None, repr(canceller.error)
     assert time.monotonic() - started < 20
     # Not an AirflowFailException: Airflow retries the task.
-    assert not isinstance(cancelled.value, tasks.AirflowFailException)
-    assert not tasks.is_statement_timeout(cancelled.value)
+    assert not isinstance(cancelled.value, AirflowFailException)
+    assert not is_statement_timeout(cancelled.value)
 
 
 def test_a_statement_timeout_still_fails_at_once_naming_the_setting(conn: psycopg.Connection[Any]) -> None:
     settings = load_settings()
-    with pytest.raises(tasks.AirflowFailException, match="DEVICE_SYNC_STATEMENT_TIMEOUT_SECONDS") as failed:  # noqa: SIM117
-        with tasks.connection(settings) as task_conn, db.transaction(task_conn, 1) as cur:
+    with pytest.raises(AirflowFailException, match="DEVICE_SYNC_STATEMENT_TIMEOUT_SECONDS") as failed:  # noqa: SIM117
+        with connection(settings) as task_conn, db.transaction(task_conn, 1) as cur:
             cur.execute("SELECT pg_sleep(5)")
     assert isinstance(failed.value.__cause__, psycopg.errors.QueryCanceled)
-    assert tasks.is_statement_timeout(failed.value.__cause__)
+    assert is_statement_timeout(failed.value.__cause__)
 
 
 # --- the CloudWatch endpoint is down ---------------------------------------------------------------------
@@ -631,8 +636,8 @@ def test_manual_sync_during_another_runs_apply_waits_for_it_then_applies_only_wh
     add_measurements(conn, ("d1", "p1", INSIDE), ("d2", "p2", INSIDE), ("d1", "p3", T + timedelta(minutes=10)))
     sync.ensure_schema(conn, settings)
     add_target(conn, ("d2", "Old name", "p2", "Volt"), ("d9", "Ghost", "p1", "Temp"))
-    window_a = sync.Window.ending_at(T, LOOKBACK)
-    window_b = sync.Window.ending_at(T + timedelta(minutes=30), LOOKBACK)
+    window_a = Window.ending_at(T, LOOKBACK)
+    window_b = Window.ending_at(T + timedelta(minutes=30), LOOKBACK)
     staging_a, staging_b = staging_for(settings, "run-a"), staging_for(settings, "run-b")
 
     with (
@@ -685,5 +690,5 @@ def test_manual_sync_during_another_runs_apply_waits_for_it_then_applies_only_wh
         ("run-b", "success", True),
     ]
     assert rows[0]["finished_at"] <= rows[1]["finished_at"]
-    sync.drop_staging(conn, settings, staging_a)
+    drop_tables(conn, settings, staging_a)
     assert staging_tables(conn) == []

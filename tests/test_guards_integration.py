@@ -15,6 +15,9 @@ from airflow.dag_processing.dagbag import DagBag
 from conftest import REPO
 from device_sync import metrics, sync
 from device_sync.config import load_settings
+from device_sync.guards import GuardTripped
+from device_sync.staging import StagingTables
+from device_sync.window import Window
 
 DAG_ID = "device_parameter_sync"
 T = datetime(2026, 11, 30, 12, tzinfo=UTC)
@@ -43,8 +46,8 @@ def fleet(conn: psycopg.Connection[Any], *, devices: int, reporting: int, measur
 
 def run_sync(conn: psycopg.Connection[Any], end: datetime = T, run_id: str = "run", **options: Any) -> dict[str, Any]:
     settings = load_settings()
-    staging = sync.StagingTables.for_run(settings.staging_schema, DAG_ID, run_id)
-    return sync.sync_once(conn, settings, staging, sync.Window.ending_at(end, 60), run_id=run_id, **options)
+    staging = StagingTables.for_run(settings.staging_schema, DAG_ID, run_id)
+    return sync.sync_once(conn, settings, staging, Window.ending_at(end, 60), run_id=run_id, **options)
 
 
 def table_size(conn: psycopg.Connection[Any]) -> int:
@@ -63,7 +66,7 @@ def history(conn: psycopg.Connection[Any], run_id: str) -> tuple[Any, ...] | Non
 def test_mass_delete_is_blocked_with_the_numbers_and_how_to_override(conn: psycopg.Connection[Any]) -> None:
     fleet(conn, devices=200, reporting=140)  # 60 of 200 rows (30 %) would go
 
-    with pytest.raises(sync.GuardTripped) as tripped:
+    with pytest.raises(GuardTripped) as tripped:
         run_sync(conn)
 
     assert tripped.value.guard == "mass_delete"
@@ -98,7 +101,7 @@ def test_fraction_and_minimum_come_from_the_environment(
     monkeypatch.setenv("DEVICE_SYNC_MAX_DELETE_FRACTION", "0.5")
     monkeypatch.setenv("DEVICE_SYNC_MASS_DELETE_MIN_ROWS", "10")
     fleet(conn, devices=20, reporting=9)  # 55 % of 20 rows
-    with pytest.raises(sync.GuardTripped, match="would delete 11 of 20 rows"):
+    with pytest.raises(GuardTripped, match="would delete 11 of 20 rows"):
         run_sync(conn)
 
 
@@ -108,7 +111,7 @@ def test_fraction_and_minimum_come_from_the_environment(
 def test_stale_measurements_fail_instead_of_deleting_everything(conn: psycopg.Connection[Any]) -> None:
     fleet(conn, devices=20, reporting=20, measured_at=T - timedelta(hours=5))  # nothing in [T - 1h, T)
 
-    with pytest.raises(sync.GuardTripped) as tripped:
+    with pytest.raises(GuardTripped) as tripped:
         run_sync(conn)
 
     assert tripped.value.guard == "stale_measurements"

@@ -20,7 +20,11 @@ from psycopg import sql
 
 from device_sync import sync
 from device_sync.config import ConfigError, Settings, load_settings
-from device_sync.tasks import MAX_DEVICE_IDS, RunOptions
+from device_sync.history import mark_run_failed
+from device_sync.options import MAX_DEVICE_IDS, RunOptions
+from device_sync.skips import SKIP_REASONS
+from device_sync.staging import StagingTables, drop_tables
+from device_sync.window import Window
 from source_data import add_devices, add_measurements, add_parameters, add_target, execute, query, snapshot, target
 
 END = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
@@ -39,8 +43,8 @@ HISTORY_COLUMNS = (
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-def staging_for(settings: Settings, run_id: str) -> sync.StagingTables:
-    return sync.StagingTables.for_run(settings.staging_schema, DAG_ID, run_id)
+def staging_for(settings: Settings, run_id: str) -> StagingTables:
+    return StagingTables.for_run(settings.staging_schema, DAG_ID, run_id)
 
 
 def run_sync(
@@ -57,17 +61,17 @@ def run_sync(
         conn,
         settings,
         staging_for(settings, run_id),
-        sync.Window.ending_at(end, LOOKBACK),
+        Window.ending_at(end, LOOKBACK),
         run_id=run_id,
         device_ids=device_ids,
         dry_run=dry_run,
     )
 
 
-def stage_delta(conn: psycopg.Connection[Any], settings: Settings, staging: sync.StagingTables) -> dict[str, int]:
+def stage_delta(conn: psycopg.Connection[Any], settings: Settings, staging: StagingTables) -> dict[str, int]:
     """The steps before apply_changes, as the DAG runs them; returns the planned delta's counts."""
     sync.discover_active_devices(conn, settings, staging)
-    sync.aggregate_recent_measurements(conn, settings, staging, sync.Window.ending_at(END, LOOKBACK))
+    sync.aggregate_recent_measurements(conn, settings, staging, Window.ending_at(END, LOOKBACK))
     sync.resolve_parameter_names(conn, settings, staging)
     return sync.compute_delta(conn, settings, staging)
 
@@ -152,7 +156,7 @@ def test_sync_once_records_one_success_row_with_its_window_and_counts(conn: psyc
     assert row["finished_at"] >= row["started_at"]
     counts = ("active_devices", "observed_pairs", "inserted", "deleted", "updated", "skipped")
     assert {key: row[key] for key in counts} == {key: summary[key] for key in counts}
-    assert row["skipped_by_reason"] == {reason: summary[reason] for reason in sync.SKIP_REASONS}
+    assert row["skipped_by_reason"] == {reason: summary[reason] for reason in SKIP_REASONS}
     # Not vacuously equal: the crafted batch has one of each of these.
     assert {key: row[key] for key in counts} == {
         "active_devices": 1, "observed_pairs": 4, "inserted": 1, "deleted": 1, "updated": 1, "skipped": 4,
@@ -184,9 +188,8 @@ def test_retrying_a_run_id_keeps_one_history_row_of_the_latest_attempt(conn: psy
     add_devices(conn, ("d1", "Device 1", True))
     add_parameters(conn, ("p1", "Temp"))
     add_measurements(conn, ("d1", "p1", INSIDE))
-    sync.record_failure(
-        conn, settings, staging_for(settings, "run-1"), run_record("run-1", error="apply_changes: timeout")
-    )
+    sync.ensure_schema(conn, settings)
+    mark_run_failed(conn, settings, run_record("run-1", error="apply_changes: timeout"))
 
     run_sync(conn, settings, run_id="run-1")
     first = history(conn)["run-1"]
@@ -249,7 +252,7 @@ def test_a_run_without_changes_adds_no_change_log_rows(conn: psycopg.Connection[
 # --- atomicity -----------------------------------------------------------------------------------------
 
 
-def atomicity_fixture(conn: psycopg.Connection[Any]) -> tuple[Settings, sync.StagingTables]:
+def atomicity_fixture(conn: psycopg.Connection[Any]) -> tuple[Settings, StagingTables]:
     """Sources and target such that the delta has one insert, one update and one delete."""
     settings = load_settings()
     staging = staging_for(settings, "run-1")
@@ -273,7 +276,7 @@ def test_a_failing_change_log_insert_rolls_back_the_change(conn: psycopg.Connect
     assert snapshot(conn) == before
     assert change_log_count(conn) == 0
     assert [row for row in history(conn).values() if row["status"] == "success"] == []
-    sync.drop_staging(conn, settings, staging)
+    drop_tables(conn, settings, staging)
 
 
 @pytest.mark.parametrize(
@@ -299,7 +302,7 @@ def test_a_failing_target_change_leaves_no_change_log_and_no_success_row(
     assert snapshot(conn) == before
     assert change_log_count(conn) == 0
     assert [row for row in history(conn).values() if row["status"] == "success"] == []
-    sync.drop_staging(conn, settings, staging)
+    drop_tables(conn, settings, staging)
 
 
 # --- retention -----------------------------------------------------------------------------------------
@@ -421,10 +424,9 @@ def test_a_scoped_run_counts_skipped_device_rows_only_within_its_scope(conn: psy
 
 def test_record_failure_marks_the_run_failed_with_its_error(conn: psycopg.Connection[Any]) -> None:
     settings = load_settings()
+    sync.ensure_schema(conn, settings)
 
-    sync.record_failure(
-        conn, settings, staging_for(settings, "run-1"), run_record("run-1", error="compute_delta: boom")
-    )
+    mark_run_failed(conn, settings, run_record("run-1", error="compute_delta: boom"))
 
     row = history(conn)["run-1"]
     assert (row["status"], row["error"], row["applied"], row["dry_run"]) == (
@@ -445,9 +447,7 @@ def test_record_failure_never_overwrites_a_success_row(conn: psycopg.Connection[
     run_sync(conn, settings, run_id="run-1")
     before = history(conn)
 
-    sync.record_failure(
-        conn, settings, staging_for(settings, "run-1"), run_record("run-1", error="publish_metrics: outage")
-    )
+    mark_run_failed(conn, settings, run_record("run-1", error="publish_metrics: outage"))
 
     assert history(conn) == before
     assert before["run-1"]["status"] == "success"
@@ -455,12 +455,12 @@ def test_record_failure_never_overwrites_a_success_row(conn: psycopg.Connection[
 
 def test_record_failure_with_keep_error_keeps_the_earlier_message(conn: psycopg.Connection[Any]) -> None:
     settings = load_settings()
-    staging = staging_for(settings, "run-1")
-    sync.record_failure(conn, settings, staging, run_record("run-1", error="apply_changes: deadlock"))
+    sync.ensure_schema(conn, settings)
+    mark_run_failed(conn, settings, run_record("run-1", error="apply_changes: deadlock"))
 
-    sync.record_failure(conn, settings, staging, run_record("run-1", error="a step failed"), keep_error=True)
+    mark_run_failed(conn, settings, run_record("run-1", error="a step failed"), keep_error=True)
     kept = history(conn)["run-1"]
-    sync.record_failure(conn, settings, staging, run_record("run-1", error="a later error"))
+    mark_run_failed(conn, settings, run_record("run-1", error="a later error"))
     replaced = history(conn)["run-1"]
 
     assert (kept["status"], kept["error"]) == ("failed", "apply_changes: deadlock")

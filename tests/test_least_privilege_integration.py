@@ -20,6 +20,8 @@ from psycopg import errors, sql
 from conftest import ADMIN_URL, REPO, psycopg_url_to_airflow_uri, reset_sources, run_dag_test
 from device_sync import sync
 from device_sync.config import Settings
+from device_sync.staging import StagingTables
+from device_sync.window import Window
 
 DAG_ID = "device_parameter_sync"
 T = datetime(2026, 11, 30, 12, tzinfo=UTC)
@@ -280,8 +282,8 @@ def test_the_grants_follow_custom_tables_and_remove_privileges_granted_by_hand(
 
     with psycopg.connect(with_user(url, login), autocommit=True) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (login,)
-        staging = sync.StagingTables.for_run("ds_custom", DAG_ID, "custom")
-        result = sync.sync_once(conn, settings, staging, sync.Window.ending_at(T, 60), run_id="custom")
+        staging = StagingTables.for_run("ds_custom", DAG_ID, "custom")
+        result = sync.sync_once(conn, settings, staging, Window.ending_at(T, 60), run_id="custom")
         assert (result["inserted"], result["deleted"], result["updated"]) == (1, 0, 0)
         assert set(conn.execute(TARGET_QUERY)) == {("d1", "Device 1", "p1", "Temperature")}
         stage = "SELECT count(*) FROM pg_tables WHERE schemaname = 'ds_custom' AND tablename ~ '^stage_'"

@@ -19,15 +19,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from device_sync import sync
+from device_sync import db, sync
 from device_sync.config import load_settings
+from device_sync.staging import StagingTables, drop_tables, shard_table
+from device_sync.window import Window
 from source_data import add_devices, add_measurements, execute, query
 
 END = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 LOOKBACK = 60
 START = END - timedelta(minutes=LOOKBACK)
 MICROSECOND = timedelta(microseconds=1)
-WINDOW = sync.Window.ending_at(END, LOOKBACK)
+WINDOW = Window.ending_at(END, LOOKBACK)
 
 DEVICE_IDS = ["d1", "D1", "d1 ", "d2", "d3", "", None]
 PARAMETER_IDS = ["p1", "P1", "p1 ", "p2", "", None]
@@ -61,7 +63,7 @@ def fleets(draw: st.DrawFn) -> tuple[list[Any], list[Any]]:
 
 
 def staged_pairs(
-    conn: psycopg.Connection[Any], staging: sync.StagingTables, method: str, shards: int
+    conn: psycopg.Connection[Any], staging: StagingTables, method: str, shards: int
 ) -> list[Counter[tuple[str | None, str | None]]]:
     """Run every shard of the aggregation with ``method``; each shard's staged pairs (with multiplicity)."""
     config = load_settings()
@@ -71,7 +73,7 @@ def staged_pairs(
             conn, config, staging, WINDOW, shard=shard, shards=shards, method=method
         )
         assert summary["method"] == method
-        table = staging.table(sync.shard_table(shard, shards))
+        table = staging.table(shard_table(shard, shards))
         rows = query(conn, psycopg.sql.SQL("SELECT device_id, parameter_id FROM {}").format(table))
         result.append(Counter(rows))
     return result
@@ -87,7 +89,7 @@ def test_skip_scan_and_shards_stage_exactly_the_plain_querys_pairs(
     add_devices(conn, *devices)
     add_measurements(conn, *measurements)
     config = load_settings()
-    staging = sync.StagingTables.for_run(config.staging_schema, "dag", "pairs")
+    staging = StagingTables.for_run(config.staging_schema, "dag", "pairs")
     sync.discover_active_devices(conn, config, staging)
 
     (plain,) = staged_pairs(conn, staging, sync.WINDOW_SCAN, 1)
@@ -102,7 +104,7 @@ def test_skip_scan_and_shards_stage_exactly_the_plain_querys_pairs(
         for i, first in enumerate(devices_by_shard):
             for second in devices_by_shard[i + 1 :]:
                 assert not first & second, "a device was staged by two shards"
-    sync.drop_staging(conn, config, staging)
+    drop_tables(conn, config, staging)
 
 
 @pytest.fixture
@@ -127,14 +129,14 @@ def test_integer_typed_ids_are_found_by_the_skip_scan(conn: psycopg.Connection[A
         conn, (1, 7, inside), (1, 70, inside), (2, 9, START - MICROSECOND), (10, 7, inside), (3, 7, inside)
     )
     config = load_settings()
-    staging = sync.StagingTables.for_run(config.staging_schema, "dag", "integers")
+    staging = StagingTables.for_run(config.staging_schema, "dag", "integers")
     sync.discover_active_devices(conn, config, staging)
 
     (skip_scan,) = staged_pairs(conn, staging, sync.SKIP_SCAN, 1)
     (plain,) = staged_pairs(conn, staging, sync.WINDOW_SCAN, 1)
 
     assert skip_scan == plain == Counter({("1", "7"): 1, ("1", "70"): 1, ("10", "7"): 1})
-    sync.drop_staging(conn, config, staging)
+    drop_tables(conn, config, staging)
 
 
 @pytest.mark.parametrize(
@@ -163,13 +165,13 @@ def test_the_method_follows_the_indexes_in_the_catalog(
     config = load_settings()
     add_devices(conn, ("d1", "Device 1", True))
     add_measurements(conn, ("d1", "p1", END - timedelta(minutes=1)))
-    staging = sync.StagingTables.for_run(config.staging_schema, "dag", "method")
+    staging = StagingTables.for_run(config.staging_schema, "dag", "method")
     sync.discover_active_devices(conn, config, staging)
 
     summary = sync.aggregate_recent_measurements(conn, config, staging, WINDOW)
 
     assert summary == {"shard": 0, "shards": 1, "method": method, "shard_pairs": 1}
-    sync.drop_staging(conn, config, staging)
+    drop_tables(conn, config, staging)
 
 
 @pytest.mark.parametrize(
@@ -195,13 +197,13 @@ def test_partitioned_measurements_use_the_window_scan_even_with_the_index(
     add_devices(conn, ("d1", "Device 1", True))
     add_measurements(conn, ("d1", "p1", END - timedelta(minutes=1)))
     config = load_settings()
-    staging = sync.StagingTables.for_run(config.staging_schema, "dag", "partitioned")
+    staging = StagingTables.for_run(config.staging_schema, "dag", "partitioned")
     sync.discover_active_devices(conn, config, staging)
 
     summary = sync.aggregate_recent_measurements(conn, config, staging, WINDOW)
 
     assert (summary["method"], summary["shard_pairs"]) == (sync.WINDOW_SCAN, 1)
-    sync.drop_staging(conn, config, staging)
+    drop_tables(conn, config, staging)
 
 
 def test_the_skip_scan_probes_the_index_instead_of_reading_the_window(
@@ -218,13 +220,13 @@ def test_the_skip_scan_probes_the_index_instead_of_reading_the_window(
     )
     execute(conn, "ANALYZE iot_data.measurements")
     config = load_settings()
-    staging = sync.StagingTables.for_run(config.staging_schema, "dag", "explain")
+    staging = StagingTables.for_run(config.staging_schema, "dag", "explain")
     sync.discover_active_devices(conn, config, staging)
     identifiers = {**staging.identifiers(config), "observed_pairs": staging.table("explained")}
 
     def rows_read(sql_file: str) -> int:
         """Rows that the plan's scans of the measurements table returned, from EXPLAIN ANALYZE."""
-        statement = psycopg.sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + sync.db.compose(sql_file, identifiers)
+        statement = psycopg.sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + db.compose(sql_file, identifiers)
         with conn.transaction():
             ((plan,),) = conn.execute(statement, {**WINDOW.as_params(), "shard": 0, "shards": 1}).fetchall()
             conn.execute(psycopg.sql.SQL("DROP TABLE {}").format(staging.table("explained")))
@@ -236,9 +238,9 @@ def test_the_skip_scan_probes_the_index_instead_of_reading_the_window(
 
         return walk(plan[0]["Plan"])
 
-    skip_scan = rows_read("device_parameter_sync/aggregate_recent_measurements_skip_scan.sql")
-    window_scan = rows_read("device_parameter_sync/aggregate_recent_measurements.sql")
+    skip_scan = rows_read(f"{db.STEPS_SQL}aggregate_recent_measurements_skip_scan.sql")
+    window_scan = rows_read(f"{db.STEPS_SQL}aggregate_recent_measurements.sql")
 
     assert skip_scan <= 5
     assert window_scan >= 5000
-    sync.drop_staging(conn, config, staging)
+    drop_tables(conn, config, staging)

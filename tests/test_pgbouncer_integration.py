@@ -28,6 +28,8 @@ from airflow.dag_processing.dagbag import DagBag
 from conftest import REPO, free_port, psycopg_url_to_airflow_uri
 from device_sync import db, sync
 from device_sync.config import Settings
+from device_sync.staging import StagingTables
+from device_sync.window import Window
 
 PGBOUNCER = Path("/usr/sbin/pgbouncer")
 DAG_ID = "device_parameter_sync"
@@ -196,14 +198,14 @@ def test_concurrent_syncs_through_pgbouncer_serialize(through_pgbouncer: str, co
     one applies the changes, the other recomputes its delta under the lock and applies nothing."""
     seed(conn)
     settings = Settings()
-    window = sync.Window.ending_at(T, settings.lookback_minutes)
+    window = Window.ending_at(T, settings.lookback_minutes)
     clients = [db.connect(CONN_ID) for _ in range(2)]
     results: dict[int, dict[str, Any]] = {}
     failures: list[BaseException] = []
 
     def run(index: int) -> None:
         try:
-            staging = sync.StagingTables.for_run(settings.staging_schema, DAG_ID, f"concurrent-{index}")
+            staging = StagingTables.for_run(settings.staging_schema, DAG_ID, f"concurrent-{index}")
             results[index] = sync.sync_once(clients[index], settings, staging, window, run_id=f"concurrent-{index}")
         except BaseException as error:  # reported by the main thread
             failures.append(error)

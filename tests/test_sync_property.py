@@ -32,6 +32,8 @@ from psycopg import sql
 from conftest import reset_sources
 from device_sync import sync
 from device_sync.config import load_settings
+from device_sync.staging import StagingTables
+from device_sync.window import Window
 
 END = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 LOOKBACK = 60
@@ -280,8 +282,8 @@ def test_sync_equals_the_model_and_a_second_run_writes_nothing(
     with conn.transaction():
         conn.execute("DROP TABLE IF EXISTS iot_data.device_parameters; DROP SCHEMA IF EXISTS device_sync CASCADE")
     config = load_settings()
-    staging = sync.StagingTables.for_run(config.staging_schema, "dag", "run-x")
-    window = sync.Window.ending_at(END, LOOKBACK)
+    staging = StagingTables.for_run(config.staging_schema, "dag", "run-x")
+    window = Window.ending_at(END, LOOKBACK)
     if old:  # otherwise the sync creates the target table itself
         sync.ensure_schema(conn, config)
     if pair_index:

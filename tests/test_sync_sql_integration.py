@@ -18,8 +18,10 @@ import pytest
 from psycopg import sql
 
 from conftest import reset_sources
-from device_sync import sync
+from device_sync import db, sync
 from device_sync.config import Settings, load_settings
+from device_sync.staging import StagingTables, drop_tables, shard_table
+from device_sync.window import Window
 from source_data import (
     add_devices,
     add_measurements,
@@ -43,8 +45,8 @@ RUN_ID = "run-x"
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-def staging_for(settings: Settings, run_id: str = RUN_ID) -> sync.StagingTables:
-    return sync.StagingTables.for_run(settings.staging_schema, "dag", run_id)
+def staging_for(settings: Settings, run_id: str = RUN_ID) -> StagingTables:
+    return StagingTables.for_run(settings.staging_schema, "dag", run_id)
 
 
 def run_sync(
@@ -56,7 +58,7 @@ def run_sync(
     run_id: str = RUN_ID,
 ) -> dict[str, Any]:
     settings = settings or load_settings()
-    return sync.sync_once(conn, settings, staging_for(settings, run_id), sync.Window.ending_at(end, lookback))
+    return sync.sync_once(conn, settings, staging_for(settings, run_id), Window.ending_at(end, lookback))
 
 
 def ensure_target(conn: psycopg.Connection[Any]) -> None:
@@ -752,7 +754,7 @@ def test_apply_changes_waits_for_the_writers_lock_then_applies_what_is_still_nee
 ) -> None:
     settings = load_settings()
     staging = staging_for(settings)
-    window = sync.Window.ending_at(END, LOOKBACK)
+    window = Window.ending_at(END, LOOKBACK)
     add_devices(conn, ("d1", "Device 1", True))
     add_parameters(conn, ("p1", "Temp"), ("p2", "Volt"))
     add_measurements(conn, ("d1", "p1", INSIDE), ("d1", "p2", INSIDE))
@@ -774,7 +776,7 @@ def test_apply_changes_waits_for_the_writers_lock_then_applies_what_is_still_nee
     with psycopg.connect(database_url) as other:
         try:
             with other.transaction():
-                other.execute(sync.db.load_sql("device_parameter_sync/lock_target.sql"))
+                other.execute(db.load_sql(f"{db.STEPS_SQL}lock_target.sql"))
                 # Another writer changes the table while it holds the lock.
                 other.execute(
                     "INSERT INTO iot_data.device_parameters (device_id, device_name, parameter_id, parameter_name) "
@@ -804,20 +806,20 @@ def test_apply_changes_waits_for_the_writers_lock_then_applies_what_is_still_nee
     # The delta was recomputed after the lock: the other writer's rows are updated and deleted.
     assert outcome["result"] == {"inserted": 1, "updated": 1, "deleted": 1, "applied": True, "guard": None}
     assert target(conn) == {("d1", "p1"): ("Device 1", "Temp"), ("d1", "p2"): ("Device 1", "Volt")}
-    sync.drop_staging(conn, settings, staging)
+    drop_tables(conn, settings, staging)
 
 
 # --- retries ---------------------------------------------------------------------------------------------
 
 
-def staged(conn: psycopg.Connection[Any], staging: sync.StagingTables, step: str) -> list[tuple[Any, ...]]:
+def staged(conn: psycopg.Connection[Any], staging: StagingTables, step: str) -> list[tuple[Any, ...]]:
     return query(conn, sql.SQL("SELECT * FROM {} ORDER BY 1, 2").format(staging.table(step)))
 
 
 def test_retrying_a_step_gives_the_same_staging_result(conn: psycopg.Connection[Any]) -> None:
     settings = load_settings()
     staging = staging_for(settings)
-    window = sync.Window.ending_at(END, LOOKBACK)
+    window = Window.ending_at(END, LOOKBACK)
     add_devices(conn, ("d1", "Device 1", True), ("d2", "", True), ("d3", "Off", False))
     add_parameters(conn, ("p1", "Temp"), ("p2", None))
     add_measurements(
@@ -833,10 +835,10 @@ def test_retrying_a_step_gives_the_same_staging_result(conn: psycopg.Connection[
     devices = [sync.discover_active_devices(conn, settings, staging) for _ in range(2)]
     assert devices[0] == devices[1]
     first = sync.aggregate_recent_measurements(conn, settings, staging, window)
-    observed = staged(conn, staging, sync.shard_table(0, 1))
+    observed = staged(conn, staging, shard_table(0, 1))
     second = sync.aggregate_recent_measurements(conn, settings, staging, window)
     assert second == first
-    assert staged(conn, staging, sync.shard_table(0, 1)) == observed
+    assert staged(conn, staging, shard_table(0, 1)) == observed
     assert len(observed) == 5
 
     first = sync.resolve_parameter_names(conn, settings, staging)
@@ -847,7 +849,7 @@ def test_retrying_a_step_gives_the_same_staging_result(conn: psycopg.Connection[
     assert staging_tables(conn, settings.staging_schema, staging.run_key) == sorted(
         f"{staging.run_key}_{step}" for step in ("active_devices", "observed_pairs", "resolved_pairs")
     )
-    sync.drop_staging(conn, settings, staging)
+    drop_tables(conn, settings, staging)
 
 
 def test_apply_changes_twice_applies_nothing_the_second_time(conn: psycopg.Connection[Any]) -> None:
@@ -859,7 +861,7 @@ def test_apply_changes_twice_applies_nothing_the_second_time(conn: psycopg.Conne
     ensure_target(conn)
     add_target(conn, ("d1", "old", "p1", "Temp"), ("d9", "Gone", "p1", "Temp"))
     sync.discover_active_devices(conn, settings, staging)
-    sync.aggregate_recent_measurements(conn, settings, staging, sync.Window.ending_at(END, LOOKBACK))
+    sync.aggregate_recent_measurements(conn, settings, staging, Window.ending_at(END, LOOKBACK))
     sync.resolve_parameter_names(conn, settings, staging)
     sync.compute_delta(conn, settings, staging)
 
@@ -871,7 +873,7 @@ def test_apply_changes_twice_applies_nothing_the_second_time(conn: psycopg.Conne
     assert second == {"inserted": 0, "updated": 0, "deleted": 0, "applied": True, "guard": None}
     assert target_xmins(conn) == xmins
     assert target(conn) == {("d1", "p1"): ("Device 1", "Temp"), ("d1", "p2"): ("Device 1", "Volt")}
-    sync.drop_staging(conn, settings, staging)
+    drop_tables(conn, settings, staging)
 
 
 # --- staging cleanup -------------------------------------------------------------------------------------

@@ -116,15 +116,17 @@ def test_make_dist_is_reproducible(wheel: Path, tmp_path: Path) -> None:
 
 def test_in_the_checkout_the_package_data_is_the_top_level_include_folder() -> None:
     assert resources.stage_file("dev").resolve() == REPO / "include" / "config" / "dev.env"
-    expected = (REPO / "include" / "sql" / "device_parameter_sync" / "changes.sql").read_text(encoding="utf-8")
-    assert resources.sql_text("device_parameter_sync/changes.sql") == expected
+    expected = (REPO / "include" / "sql" / "device_parameter_sync" / "steps" / "changes.sql").read_text(
+        encoding="utf-8"
+    )
+    assert resources.sql_text("device_parameter_sync/steps/changes.sql") == expected
 
 
 def test_installed_the_package_data_comes_from_the_wheel(installed: Path, tmp_path: Path) -> None:
     probe = (
         "import device_sync, json; from device_sync import resources, db; "
         "print(json.dumps([device_sync.__file__, str(resources.stage_file('prod')), "
-        "db.load_sql('device_parameter_sync/changes.sql')]))"
+        "db.load_sql('device_parameter_sync/steps/changes.sql')]))"
     )
     out = run([str(installed / "bin" / "python"), "-c", probe], env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
     package, stage_file, changes = json.loads(out)
@@ -133,7 +135,7 @@ def test_installed_the_package_data_comes_from_the_wheel(installed: Path, tmp_pa
     assert Path(stage_file).read_text(encoding="utf-8") == (REPO / "include/config/prod.env").read_text(
         encoding="utf-8"
     )
-    assert changes == (REPO / "include/sql/device_parameter_sync/changes.sql").read_text(encoding="utf-8")
+    assert changes == (REPO / "include/sql/device_parameter_sync/steps/changes.sql").read_text(encoding="utf-8")
 
 
 def test_a_bare_dags_folder_with_the_wheel_installed_syncs_and_lists_the_plugin(

@@ -25,13 +25,12 @@ from typing import Annotated, Any
 import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse
-from psycopg import sql
 from psycopg.rows import dict_row
 
-from device_sync import db
+from device_sync import db, history
 from device_sync.config import Settings, load_settings
-from device_sync.sync import GUARDS, OLDER_WINDOW
-from device_sync.tasks import STEP_TASK_IDS
+from device_sync.guards import GUARDS, OLDER_WINDOW
+from device_sync.summary import STEP_TASK_IDS
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,6 @@ HEALTH_TIMEOUT_SECONDS = 3
 # many times a second costs one database session per period and process, not one per request.
 HEALTH_CACHE_SECONDS = 5.0
 PAGE_TIMEOUT_SECONDS = 10
-SQL = "device_parameter_sync/"
 
 # The tasks that record a failure as "<task_id>: <error>" in the run history, and the guards it may record.
 # /health names only these (never free text from the error column), so nothing of the error can leak.
@@ -76,13 +74,6 @@ def _connect(settings: Settings, timeout_seconds: int) -> psycopg.Connection[Any
     conn = db.connect(settings.postgres_conn_id, connect_timeout=timeout_seconds)
     conn.row_factory = dict_row  # type: ignore[assignment]
     return conn
-
-
-def _tables(settings: Settings) -> dict[str, sql.Composable]:
-    return {
-        "run_history": sql.Identifier(settings.staging_schema, "run_history"),
-        "change_log": sql.Identifier(settings.staging_schema, "change_log"),
-    }
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
@@ -160,7 +151,7 @@ def _compute_health() -> tuple[int, dict[str, Any]]:
         return 503, {"status": "unhealthy", "reason": "invalid configuration"}
     try:
         with _connect(settings, HEALTH_TIMEOUT_SECONDS) as conn, db.transaction(conn, HEALTH_TIMEOUT_SECONDS) as cur:
-            cur.execute(db.compose(f"{SQL}health.sql", _tables(settings)))
+            cur.execute(db.compose(f"{db.API_SQL}health.sql", history.tables(settings.staging_schema)))
             state = cur.fetchone()
             if state is None:  # the query always returns one row
                 raise RuntimeError("health.sql returned no row")
@@ -215,7 +206,7 @@ def _query(settings: Settings, statements: list[tuple[str, dict[str, Any]]]) -> 
         with _connect(settings, PAGE_TIMEOUT_SECONDS) as conn, db.transaction(conn, PAGE_TIMEOUT_SECONDS) as cur:
             results = []
             for statement, params in statements:
-                cur.execute(db.compose(f"{SQL}{statement}", _tables(settings)), params)
+                cur.execute(db.compose(f"{db.API_SQL}{statement}", history.tables(settings.staging_schema)), params)
                 results.append([_jsonable(row) for row in cur.fetchall()])
             return results
     except psycopg.errors.UndefinedTable:  # no run has created the history yet
@@ -228,7 +219,7 @@ def _query(settings: Settings, statements: list[tuple[str, dict[str, Any]]]) -> 
 def _runs_page(limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
     settings = load_settings()
     params = {"limit": limit, "offset": offset}
-    results = _query(settings, [("list_runs.sql", params), ("api_count_runs.sql", {})])
+    results = _query(settings, [("runs.sql", params), ("count_runs.sql", {})])
     if results is None:
         return [], 0
     rows, [count] = results
@@ -267,7 +258,7 @@ def changes(
     No total (counting a large log costs more than the page); one row more than ``limit`` is read to tell
     whether there is a next page (``has_more``, ``next_offset``)."""
     params = {"device_id": device_id, "parameter_id": parameter_id, "run_id": run_id}
-    results = _query(load_settings(), [("list_changes.sql", {**params, "limit": limit + 1, "offset": offset})])
+    results = _query(load_settings(), [("changes.sql", {**params, "limit": limit + 1, "offset": offset})])
     rows = results[0] if results is not None else []
     has_more = len(rows) > limit
     items = rows[:limit]

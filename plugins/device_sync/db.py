@@ -24,6 +24,13 @@ from device_sync import resources
 log = logging.getLogger(__name__)
 
 
+# The SQL files of the DAG by role, under include/sql/device_parameter_sync/: the one place their folders are named.
+STEPS_SQL = "device_parameter_sync/steps/"  # what the tasks run, one file per statement
+HISTORY_SQL = "device_parameter_sync/history/"  # the run history and change log writes
+API_SQL = "device_parameter_sync/api/"  # the operations endpoints' reads
+MIGRATIONS_SQL = "migrations/"  # the package's tables, one numbered file per schema version
+
+
 @cache
 def load_sql(name: str) -> str:
     """Return the text of ``include/sql/<name>`` (package data: see :mod:`device_sync.resources`)."""

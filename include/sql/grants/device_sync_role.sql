@@ -1,14 +1,13 @@
 -- Least privilege for the device-sync DAG: the group role device_sync and exactly what it may do.
 --
 -- Who runs what (in the IoT database):
---   1. An admin (the owner of iot_data's tables, or a superuser) creates the package's objects once, so
---      that the DAG never needs CREATE on the database: the target table iot_data.device_parameters and
---      the schema device_sync with run_history and change_log. These are the package's own SQL files, run
---      by sync.ensure_schema(), which does nothing when the target table and <schema>.run_history exist:
---        PYTHONPATH=plugins python -c 'import psycopg; from device_sync.config import load_settings;
---          from device_sync.sync import ensure_schema;
---          c = psycopg.connect("postgresql://admin@db.example:5432/iot"); ensure_schema(c, load_settings()); c.close()'
---      (with the same DEVICE_SYNC_* environment as the DAG, for a non-default DEVICE_SYNC_STAGING_SCHEMA).
+--   1. An admin (the owner of iot_data's tables, or a superuser) creates the package's objects, and brings
+--      them to each new version's schema, so that the DAG never needs CREATE on the database: the target
+--      table iot_data.device_parameters and the schema device_sync with run_history, change_log and
+--      schema_version. These are the package's migrations (include/sql/migrations/), each applied once:
+--        make migrate MIGRATE_ARGS='--database-url postgresql://admin@db.example:5432/iot'
+--      (or python -m device_sync.migrations --database-url ... where only the wheel is installed; with the
+--      same DEVICE_SYNC_* environment as the DAG, for a non-default DEVICE_SYNC_STAGING_SCHEMA).
 --   2. The same admin runs this file; it is idempotent, re-run it after every upgrade of the package:
 --        psql "postgresql://admin@db.example:5432/iot" -v ON_ERROR_STOP=1 -f include/sql/grants/device_sync_role.sql
 --      Non-default settings are passed as custom settings (same values as DEVICE_SYNC_MEASUREMENTS_TABLE
@@ -35,6 +34,7 @@
 --     run_history            SELECT, INSERT, UPDATE (a run's row is written, then completed), DELETE
 --     change_log             SELECT, INSERT, DELETE (no UPDATE: the log is append-only)
 --     change_log's sequence  USAGE (nextval of the bigserial)
+--     schema_version         SELECT (the first task checks the schema's version; only the admin migrates)
 --   DELETE on the history is there only for the retention pruning of every applied run, which deletes
 --   rows older than DEVICE_SYNC_HISTORY_RETENTION_DAYS (at least 1). A trigger owned by the admin refuses
 --   (insufficient_privilege) any delete of a history row younger than one day by anyone but the tables'
@@ -87,6 +87,7 @@ DECLARE
     identifier constant text := '^[A-Za-z_][A-Za-z0-9_]{0,62}$';
     sources text[];
     history text[];
+    version_table text;
     change_seq regclass;
     object text;
     owner_name text;
@@ -101,13 +102,15 @@ BEGIN
     sources := ARRAY['iot_data.redshift_devices', 'iot_data.timescale_parameters',
                      format('%I.%I', measurements_schema, measurements_table)];
     history := ARRAY[format('%I.run_history', staging), format('%I.change_log', staging)];
+    version_table := format('%I.schema_version', staging);
 
     -- Everything must exist already, owned by someone device_sync does not act as.
     IF to_regnamespace(quote_ident(staging)) IS NULL
        OR to_regclass('iot_data.device_parameters') IS NULL
-       OR to_regclass(history[1]) IS NULL OR to_regclass(history[2]) IS NULL THEN
-        RAISE EXCEPTION 'iot_data.device_parameters, schema % and its run_history and change_log must exist', staging
-            USING HINT = 'as the admin, run device_sync.sync.ensure_schema() once (see the header of this file)';
+       OR to_regclass(history[1]) IS NULL OR to_regclass(history[2]) IS NULL
+       OR to_regclass(version_table) IS NULL THEN
+        RAISE EXCEPTION 'iot_data.device_parameters, schema % and its run_history, change_log and schema_version must exist', staging
+            USING HINT = 'as the admin, run make migrate (scripts/migrate.py) once (see the header of this file)';
     END IF;
     FOREACH object IN ARRAY sources LOOP
         IF to_regclass(object) IS NULL THEN
@@ -129,7 +132,7 @@ BEGIN
         SELECT 'table ' || oid::regclass::text, pg_get_userbyid(relowner)
             FROM pg_class
             WHERE oid = ANY (ARRAY(SELECT to_regclass(name) FROM unnest(
-                sources || history || ARRAY['iot_data.device_parameters', change_seq::text]) AS name))
+                sources || history || ARRAY['iot_data.device_parameters', change_seq::text, version_table]) AS name))
     LOOP
         IF pg_has_role('device_sync', owner_name, 'USAGE') THEN
             RAISE EXCEPTION '% is owned by %, whose privileges device_sync has', object, owner_name
@@ -160,6 +163,8 @@ BEGIN
     EXECUTE format('REVOKE ALL ON TABLE %s, %s FROM device_sync', history[1], history[2]);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE %s TO device_sync', history[1]);
     EXECUTE format('GRANT SELECT, INSERT, DELETE ON TABLE %s TO device_sync', history[2]);
+    EXECUTE format('REVOKE ALL ON TABLE %s FROM device_sync', version_table);
+    EXECUTE format('GRANT SELECT ON TABLE %s TO device_sync', version_table);
     EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM device_sync', change_seq);
     EXECUTE format('GRANT USAGE ON SEQUENCE %s TO device_sync', change_seq);
 

@@ -1,4 +1,4 @@
--- A page of the run history, newest first (the total is api_count_runs.sql: it must be right past the end).
+-- A page of the run history, newest first (the total is count_runs.sql: it must be right past the end).
 SELECT run_id, dag_id, logical_date, window_start, window_end, started_at, finished_at, status,
        dry_run, applied, device_scope, active_devices, observed_pairs, inserted, deleted, updated,
        skipped, skipped_by_reason, error, guard
