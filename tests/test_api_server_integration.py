@@ -328,3 +328,42 @@ def test_history_shows_a_failed_run_with_its_error(
     status, body = health(stack)
     assert (status, body["reason"]) == (503, "last run failed in resolve_parameter_names")
     assert "timescale_parameters" not in str(body)
+
+
+def test_clearing_compute_delta_of_a_finished_run_reruns_its_setups_and_succeeds(
+    stack: Any, data: psycopg.Connection[Any], admin_token: str, unpaused: None
+) -> None:
+    """The steps that create the staging tables are setups of cleanup_staging: clearing a later task of a
+    finished run (its staging dropped) clears them too, so the run succeeds again instead of failing on a
+    missing table."""
+    status, run = trigger(stack, admin_token, {})
+    assert status == 200, run
+    run_id = run["dag_run_id"]
+    assert stack.wait_for_run(DAG_ID, run_id, admin_token)["state"] == "success"
+
+    status, cleared = stack.request(
+        "POST",
+        f"/api/v2/dags/{DAG_ID}/clearTaskInstances",
+        {"dag_run_id": run_id, "task_ids": ["compute_delta"], "dry_run": False, "only_failed": False},
+        token=admin_token,
+    )
+    assert status == 200, cleared
+    assert {ti["task_id"] for ti in cleared["task_instances"]} >= {
+        "discover_active_devices",
+        "aggregate_recent_measurements",
+        "resolve_parameter_names",
+        "compute_delta",
+        "cleanup_staging",
+    }
+
+    assert stack.wait_for_run(DAG_ID, run_id, admin_token)["state"] == "success"
+    status, body = stack.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", token=admin_token)
+    assert status == 200, body
+    tries = {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in body["task_instances"]}
+    for task_id in ("discover_active_devices", "resolve_parameter_names", "compute_delta", "cleanup_staging"):
+        assert tries[task_id] == ("success", 2), (task_id, tries)
+    assert tries["plan_aggregation_shards"] == ("success", 1)  # the run's shard plan is kept
+    staging = data.execute(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'device_sync' AND starts_with(tablename, 'stage_')"
+    ).fetchone()
+    assert staging == (0,)

@@ -193,3 +193,32 @@ def test_sharded_aggregation_with_the_skip_scan_gives_the_one_shard_result(
     assert rows(conn) == one_shard
     assert published(cloudwatch)["ObservedPairs"] == one_shard_pairs > 0
     assert staging_tables(conn) == []
+
+
+def test_a_change_of_the_shard_count_during_a_run_changes_nothing_in_it(
+    run_dag: Any, conn: psycopg.Connection[Any], cloudwatch: Any
+) -> None:
+    """DEVICE_SYNC_AGGREGATION_SHARDS is read once, by plan_aggregation_shards: changed to 3 right after that
+    task (while the run goes on), the run still aggregates and combines exactly its 2 shards."""
+    load_demo_fleet(conn, T, devices=40, parameters=20, per_device=5, step_minutes=30)
+    conn.commit()
+
+    def change_the_variable_after_the_plan(dag: Any) -> None:
+        plan = dag.get_task("plan_aggregation_shards")
+        planned = plan.python_callable
+
+        def plan_then_change() -> Any:
+            result = planned()
+            os.environ["DEVICE_SYNC_AGGREGATION_SHARDS"] = "3"  # restored by run_dag_test after the run
+            return result
+
+        plan.python_callable = plan_then_change
+
+    dag_run = run_dag_test(T, change_the_variable_after_the_plan, DEVICE_SYNC_AGGREGATION_SHARDS="2")
+
+    assert dag_run.state == "success"
+    states = {(ti.task_id, ti.map_index): ti.state for ti in dag_run.get_task_instances()}
+    assert sorted(i for task_id, i in states if task_id == "aggregate_recent_measurements") == [0, 1]
+    assert states[("resolve_parameter_names", -1)] == "success"
+    assert len(rows(conn)) > 0
+    assert staging_tables(conn) == []
