@@ -255,6 +255,16 @@ class Settings(BaseSettings):
     cloudwatch_timeout_seconds: int = Field(
         10, ge=1, le=300, description="Connect and read timeout of every CloudWatch call (two attempts at most)."
     )
+    alarm_missed_intervals: int = Field(
+        3,
+        ge=1,
+        le=1440,  # one day of one-minute intervals: CloudWatch's longest window for short periods
+        description="Schedule intervals (longest gaps) without a successful sync before the no-successful-sync "
+        "alarm fires (make deploy-monitoring).",
+    )
+    alarm_max_deletes: int = Field(
+        1000, ge=0, le=10**9, description="Most deleted rows in one interval before the many-deletes alarm fires."
+    )
     deploy_bucket: str | None = Field(
         None,
         pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",

@@ -17,9 +17,8 @@ Three alarms per stage, all on the metrics ``device_sync.metrics`` publishes wit
 ``device-sync-<stage>-many-deletes``
     ``Sum(RowsDeleted) > threshold`` in the last interval, missing data not breaching.
 
-Two settings of their own, read here from the environment (not part of :class:`~device_sync.config.Settings`)
-and validated like every other setting (a bad value raises :class:`~device_sync.config.ConfigError` naming
-the variable):
+Two settings of their own, read like every other through :mod:`device_sync.config` (a bad value is a
+:class:`~device_sync.config.ConfigError` naming the variable):
 
 ``DEVICE_SYNC_ALARM_MISSED_INTERVALS`` (default 3, 1 ... 1440)
     N, the schedule intervals without a successful sync before the first alarm fires. N x interval must fit
@@ -33,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,10 +40,6 @@ from device_sync.metrics import METRICS
 
 MISSED_INTERVALS_VARIABLE = "DEVICE_SYNC_ALARM_MISSED_INTERVALS"
 MAX_DELETES_VARIABLE = "DEVICE_SYNC_ALARM_MAX_DELETES"
-DEFAULT_MISSED_INTERVALS = 3
-DEFAULT_MAX_DELETES = 1000
-MAX_MISSED_INTERVALS = 1440  # one day of one-minute intervals: CloudWatch's longest window for short periods
-MAX_MAX_DELETES = 10**9
 
 DEFAULT_REGION = "us-east-1"
 
@@ -58,25 +52,10 @@ MAX_EVALUATION_SECONDS = 7 * 86_400
 MAX_EVALUATION_SECONDS_SHORT_PERIOD = 86_400
 SHORT_PERIOD_SECONDS = 3_600
 
-RUNBOOK = "Runbook: README.md, section Runbook."
+RUNBOOK = "Runbook: docs/runbook.md (also the DAG's documentation in the Airflow UI)."
 
 # The four change counters, graphed together.
 CHANGE_METRICS = ("RowsInserted", "RowsDeleted", "RowsUpdated", "RowsSkipped")
-
-
-def _env_int(variable: str, default: int, *, minimum: int, maximum: int) -> int:
-    """An integer setting from the environment, or ``default`` when unset; ConfigError naming it when bad."""
-    raw = os.environ.get(variable)
-    if raw is None or raw.strip() == "":
-        return default
-    accepts = f"a whole number >= {minimum} and <= {maximum}"
-    try:
-        value = int(raw.strip())
-    except ValueError:  # also a number of more than 4300 digits
-        raise ConfigError(f"Invalid device-sync configuration: {variable}: must be {accepts} (got {raw!r})") from None
-    if not minimum <= value <= maximum:
-        raise ConfigError(f"Invalid device-sync configuration: {variable}: must be {accepts} (got {raw!r})")
-    return value
 
 
 def prefix(settings: Settings) -> str:
@@ -101,14 +80,14 @@ def alarm_period_seconds(settings: Settings) -> int:
     return int(min(max(rounded, PERIOD_STEP_SECONDS), MAX_PERIOD_SECONDS))
 
 
-def missed_intervals() -> int:
-    """N of the "no successful sync" alarm, from ``DEVICE_SYNC_ALARM_MISSED_INTERVALS`` (default 3)."""
-    return _env_int(MISSED_INTERVALS_VARIABLE, DEFAULT_MISSED_INTERVALS, minimum=1, maximum=MAX_MISSED_INTERVALS)
+def missed_intervals(settings: Settings) -> int:
+    """N of the "no successful sync" alarm, ``DEVICE_SYNC_ALARM_MISSED_INTERVALS`` (default 3)."""
+    return settings.alarm_missed_intervals
 
 
-def max_deletes() -> int:
-    """Threshold of the "many deletes" alarm, from ``DEVICE_SYNC_ALARM_MAX_DELETES`` (default 1000)."""
-    return _env_int(MAX_DELETES_VARIABLE, DEFAULT_MAX_DELETES, minimum=0, maximum=MAX_MAX_DELETES)
+def max_deletes(settings: Settings) -> int:
+    """Threshold of the "many deletes" alarm, ``DEVICE_SYNC_ALARM_MAX_DELETES`` (default 1000)."""
+    return settings.alarm_max_deletes
 
 
 def missed_sync_evaluation_periods(settings: Settings) -> int:
@@ -119,7 +98,7 @@ def missed_sync_evaluation_periods(settings: Settings) -> int:
     Raises ConfigError when that window exceeds what CloudWatch accepts (7 days; 1 day for periods under
     an hour), naming ``DEVICE_SYNC_ALARM_MISSED_INTERVALS`` and the largest N the schedule allows.
     """
-    intervals = missed_intervals()
+    intervals = missed_intervals(settings)
     period = alarm_period_seconds(settings)
     interval = int(settings.schedule_interval.total_seconds())
     evaluation_periods = math.ceil(intervals * interval / period)
@@ -153,9 +132,9 @@ def alarm_definitions(settings: Settings, *, alarm_actions: Sequence[str] = ()) 
     """
     stage = settings.stage
     period = alarm_period_seconds(settings)
-    intervals = missed_intervals()
+    intervals = missed_intervals(settings)
     evaluation_periods = missed_sync_evaluation_periods(settings)
-    deletes = max_deletes()
+    deletes = max_deletes(settings)
     interval = _interval_text(settings)
     common: dict[str, Any] = {
         "Namespace": settings.cloudwatch_namespace,
@@ -299,7 +278,7 @@ def dashboard_body(
             x=12,
             y=3,
             yAxis={"left": {"min": 0}},
-            annotations={"horizontal": [{"label": "many-deletes alarm", "value": float(max_deletes())}]},
+            annotations={"horizontal": [{"label": "many-deletes alarm", "value": float(max_deletes(settings))}]},
         ),
         graph(
             "Sync duration (s, time spent in the five steps)",
