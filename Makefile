@@ -1,7 +1,8 @@
-# device-sync: the two quick-start commands and their helpers.
+# device-sync: the quick-start commands and their helpers.
 #   make demo   a real sync of a demo fleet with `airflow dags test` (PostgreSQL + a local moto server)
 #   make test   lint, type-check and the whole test suite against real PostgreSQL and Airflow
-# Both create .venv from the pinned requirements files with uv (bootstrapped into .tools/ if missing).
+#   make test-unit  only tests/unit: the pure logic (no database, no network), in seconds
+# Each creates .venv from the pinned requirements files with uv (bootstrapped into .tools/ if missing).
 
 SHELL := /bin/bash
 PYTHON_VERSION := 3.11
@@ -10,7 +11,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 VENV := $(CURDIR)/.venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: venv demo test lint lock clean airflow airflow-stop deploy-monitoring bench dist deploy migrate
+.PHONY: venv demo test test-unit lint lock clean airflow airflow-stop deploy-monitoring bench dist deploy migrate
 DIST ?= $(CURDIR)/dist
 
 venv: $(VENV)/.installed
@@ -60,9 +61,14 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The whole suite: tests/unit, tests/integration (real PostgreSQL) and tests/e2e (real Airflow stacks, a browser).
 test: lint
 	scripts/ensure_test_tools.sh
 	$(VENV)/bin/pytest
+
+# The pure logic only (tests/unit): no PostgreSQL, no Airflow stack, no network; well under a minute.
+test-unit: venv
+	$(VENV)/bin/pytest tests/unit
 
 # The benchmark (not part of the test suite): bench/results/latest.{json,md,png}. About 15 minutes at full
 # scale, as root with cold runs. Options: make bench BENCH_ARGS="--scale 0.05 --warm 1 --no-cold".

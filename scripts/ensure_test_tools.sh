@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite needs but does not install itself (tests never install
-# packages): Debian's pgbouncer, used by tests/test_pgbouncer_integration.py, and Debian's chromium, driven
-# through Playwright by tests/test_browser_e2e.py (Playwright's own browser downloads are not used).
+# packages): Debian's pgbouncer, used by tests/integration/test_pgbouncer_integration.py, and Debian's chromium, driven
+# through Playwright by tests/e2e/test_browser_e2e.py (Playwright's own browser downloads are not used).
 # Idempotent and silent when everything is present; `apt-get update` runs only when the package index does
 # not know a missing package. Needs root (or sudo) only when something is missing.
 set -euo pipefail
@@ -11,8 +11,8 @@ CHROMIUM=/usr/bin/chromium
 
 # "package executable purpose" for each tool, installed only when its executable is missing.
 TOOLS=(
-  "pgbouncer $PGBOUNCER tests/test_pgbouncer_integration.py"
-  "chromium $CHROMIUM tests/test_browser_e2e.py"
+  "pgbouncer $PGBOUNCER tests/integration/test_pgbouncer_integration.py"
+  "chromium $CHROMIUM tests/e2e/test_browser_e2e.py"
 )
 
 missing=()

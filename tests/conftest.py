@@ -1,13 +1,20 @@
 """Shared fixtures: a real PostgreSQL database per test session, a real Airflow, a real moto server.
 
-The suite never skips database tests: if PostgreSQL is unreachable it stops at once with a message
-saying how to get it.
+The tests live in three folders, each marked by its name (``pytest -m unit`` works as well as ``pytest tests/unit``):
+
+- ``tests/unit``: pure logic; no database, no Airflow stack, no network (``make test-unit``);
+- ``tests/integration``: real PostgreSQL, ``dag.test()``, moto, the plugin's API in-process, PgBouncer, the wheel;
+- ``tests/e2e``: a real Airflow stack (api-server, scheduler, ...) and a real browser.
+
+The suite never skips database tests: if PostgreSQL is unreachable and any selected test is not a unit test,
+the run stops before the first test with a message saying how to get it. A unit-only run never connects.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import tempfile
 import uuid
@@ -51,11 +58,47 @@ HOW_TO_GET_POSTGRES = (
 )
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+TESTS = Path(__file__).resolve().parent
+KINDS = ("unit", "integration", "e2e")  # the folders under tests/, and the marker of every test in each
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test by its folder; a test module outside the three folders is a mistake."""
+    for item in items:
+        path = Path(item.path).resolve()
+        if not path.is_relative_to(TESTS):
+            continue
+        kind = path.relative_to(TESTS).parts[0]
+        if kind not in KINDS:
+            raise pytest.UsageError(f"{path}: a test module belongs in tests/unit, tests/integration or tests/e2e")
+        item.add_marker(getattr(pytest.mark, kind))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """PostgreSQL must be reachable when any selected test is not a unit test (checked once, before any test)."""
+    if session.config.option.collectonly or all(item.get_closest_marker("unit") for item in session.items):
+        return
     try:
         psycopg.connect(ADMIN_URL, connect_timeout=5).close()
     except psycopg.Error as error:
         pytest.exit(HOW_TO_GET_POSTGRES.format(url=ADMIN_URL, error=str(error).strip()), returncode=3)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_stay_offline(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit test opens no network connection and no database session (psycopg's libpq does not go through
+    Python's sockets: its connect is refused on its own)."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a unit test may not open a connection: it belongs in tests/integration")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(psycopg, "connect", refuse)
+    monkeypatch.setattr(psycopg.Connection, "connect", classmethod(refuse))
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+from fractions import Fraction
 from typing import Any
 
 import psycopg
@@ -77,7 +78,9 @@ def check_before_writing(
 def check_mass_delete(settings: Settings, table_rows: int, deletes: int) -> None:
     """Mass delete: deleting more than ``max_delete_fraction`` of a table of at least ``mass_delete_min_rows``
     rows (counted before the run) raises :class:`GuardTripped`, which rolls the run's transaction back."""
-    if table_rows >= settings.mass_delete_min_rows and deletes > settings.max_delete_fraction * table_rows:
+    # The fraction as written (0.29 is 29/100), not its binary float: 0.29 * 100 is 28.999999999999996 in floats.
+    limit = Fraction(str(settings.max_delete_fraction)) * table_rows
+    if table_rows >= settings.mass_delete_min_rows and deletes > limit:
         raise GuardTripped(
             MASS_DELETE,
             f"mass delete blocked: this run would delete {deletes} of {table_rows} rows "

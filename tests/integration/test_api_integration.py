@@ -2,9 +2,10 @@
 PostgreSQL: the public /health (body, rule, cache), input validation, a refused database, pagination.
 
 Run history rows are inserted directly (after ``sync.ensure_schema``), with times relative to the database's
-now(). The health rule itself is a pure function of (state row, settings), tested with fixed datetimes. The
-authenticated routes replace only Airflow's login check (``app.dependency_overrides``); everything behind it
-is real. The stack tests (test_api_server_integration.py) cover the real login.
+now(). The health rule itself is a pure function of (state row, settings), tested with fixed datetimes in
+tests/unit/test_health_rule_unit.py. The authenticated routes replace only Airflow's login check
+(``app.dependency_overrides``); everything behind it is real. The stack tests
+(tests/e2e/test_api_server_integration.py) cover the real login.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from threading import Barrier
 from typing import Any
 
@@ -24,7 +25,7 @@ from fastapi.testclient import TestClient
 
 from conftest import ADMIN_URL, free_port, psycopg_url_to_airflow_uri
 from device_sync import api, sync
-from device_sync.config import Settings, load_settings
+from device_sync.config import load_settings
 from device_sync.history import mark_run_failed
 from source_data import execute, query
 
@@ -173,96 +174,6 @@ def test_health_looks_at_the_last_finished_run_not_the_last_started(
     execute(history, "UPDATE device_sync.run_history SET finished_at = now() WHERE run_id = 'failed-run'")
     status, body = get_health(client)
     assert (status, body["reason"]) == (503, "last run failed in compute_delta")
-
-
-# --- 3. staleness by missed fire times (pure function, fixed datetimes) -------------------------------------
-
-FRIDAY_17 = datetime(2026, 11, 27, 17, 0, 40, tzinfo=UTC)  # finished just after Friday's last fire time
-MONDAY = datetime(2026, 11, 30, tzinfo=UTC)
-
-
-def state(now: datetime, applied_at: datetime | None, **fields: Any) -> dict[str, Any]:
-    """A health.sql row: the last finished run is the last applied sync unless ``fields`` say otherwise."""
-    return {
-        "now": now,
-        "last_run_status": "success" if applied_at else None,
-        "last_run_finished_at": applied_at,
-        "last_applied_at": applied_at,
-        "last_applied_window_start": applied_at - timedelta(days=1) if applied_at else None,
-        "last_applied_window_end": applied_at - timedelta(seconds=40) if applied_at else None,
-        "older_window_runs": 0,
-        **fields,
-    }
-
-
-OFFICE_HOURS = Settings(schedule="0 9-17 * * 1-5")
-
-
-@pytest.mark.parametrize(
-    ("now", "missed", "status"),
-    [
-        (FRIDAY_17 + timedelta(hours=2), 0, 200),
-        (MONDAY - timedelta(hours=4), 0, 200),  # Sunday night: ~2 days old, but no fire time was missed
-        (MONDAY + timedelta(hours=9, minutes=5), 1, 200),
-        (MONDAY + timedelta(hours=10, minutes=5), 2, 200),
-        (MONDAY + timedelta(hours=11), 3, 503),  # 09:00, 10:00, 11:00 missed
-    ],
-)
-def test_health_rule_office_hours_schedule_skips_the_weekend(now: datetime, missed: int, status: int) -> None:
-    code, body = api.health_answer(state(now, FRIDAY_17), OFFICE_HOURS)
-    assert (code, body["missed_runs"], body["missed_runs_limit"]) == (status, missed, 3)
-    assert body["status"] == ("healthy" if status == 200 else "unhealthy")
-    if status == 503:
-        assert body["reason"] == "stale: 3 scheduled runs since the last applied sync"
-        assert "max_age_seconds" not in body
-
-
-def test_health_rule_a_missed_monday_nine_is_the_third_missed_fire_time() -> None:
-    friday_15 = datetime(2026, 11, 27, 15, 0, 30, tzinfo=UTC)  # Friday's 16:00 and 17:00 were missed too
-    code, body = api.health_answer(state(MONDAY + timedelta(hours=8, minutes=59), friday_15), OFFICE_HOURS)
-    assert (code, body["missed_runs"]) == (200, 2)
-    code, body = api.health_answer(state(MONDAY + timedelta(hours=9, minutes=1), friday_15), OFFICE_HOURS)
-    assert (code, body["missed_runs"]) == (503, 3)
-
-
-def test_health_rule_counts_to_the_configured_missed_runs() -> None:
-    applied = datetime(2026, 12, 1, 10, 0, 30, tzinfo=UTC)
-    settings = Settings(schedule="*/5 * * * *", health_missed_runs=6)
-    code, body = api.health_answer(state(applied + timedelta(minutes=29), applied), settings)
-    assert (code, body["missed_runs"], body["missed_runs_limit"]) == (200, 5, 6)
-    code, body = api.health_answer(state(applied + timedelta(hours=5), applied), settings)
-    assert (code, body["missed_runs"]) == (503, 6)  # counted up to the limit only
-
-
-def test_health_rule_max_age_minutes_replaces_the_fire_times() -> None:
-    applied = datetime(2026, 11, 27, 17, 0, 40, tzinfo=UTC)
-    settings = Settings(schedule="0 9-17 * * 1-5", health_max_age_minutes=90)
-    code, body = api.health_answer(state(applied + timedelta(minutes=89), applied), settings)
-    assert (code, body["max_age_seconds"], body["age_seconds"]) == (200, 5400.0, 89 * 60.0)
-    assert "missed_runs" not in body
-    code, body = api.health_answer(state(applied + timedelta(minutes=91), applied), settings)
-    assert (code, body["reason"]) == (503, "stale: the last applied sync is older than 90 minutes")
-
-
-def test_health_rule_older_window_runs_that_apply_nothing_turn_unhealthy_once_stale() -> None:
-    applied = datetime(2026, 12, 1, 10, 0, 30, tzinfo=UTC)
-    hourly = Settings(schedule="0 * * * *")
-    later = {"last_run_status": "success", "last_run_finished_at": applied + timedelta(hours=2, minutes=59)}
-    fresh = state(applied + timedelta(minutes=30), applied, older_window_runs=1, **later)
-    assert api.health_answer(fresh, hourly)[0] == 200  # a backfill of old windows while the live one is fresh
-    code, body = api.health_answer(state(applied + timedelta(hours=3), applied, older_window_runs=3, **later), hourly)
-    assert (code, body["missed_runs"]) == (503, 3)
-    assert body["reason"] == "not applying: the last 3 finished runs were older windows (guard older_window)"
-
-
-def test_health_rule_without_any_applied_sync() -> None:
-    now = datetime(2026, 12, 1, 10, tzinfo=UTC)
-    code, body = api.health_answer(state(now, None), Settings())
-    assert (code, body["reason"]) == (503, "no sync has run yet")
-    dry_run_only = state(now, None, last_run_status="success", last_run_finished_at=now)
-    code, body = api.health_answer(dry_run_only, Settings())
-    assert (code, body["reason"]) == (503, "no applied sync yet")
-    assert "missed_runs" not in body
 
 
 # --- 3. the rule against the database's now() --------------------------------------------------------------

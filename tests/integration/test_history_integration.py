@@ -3,8 +3,7 @@
 Each test crafts a few source rows, runs the sync (or one step of it) and asserts exactly the behaviour its
 name states. Faults are produced for real with PostgreSQL triggers, never with mocks. Every statement the
 tests themselves run goes through ``execute``/``query``, which wrap it in its own committed transaction, so
-the sync's transactions are never nested inside an open one. The configuration and ``RunOptions`` tests at
-the end need no database.
+the sync's transactions are never nested inside an open one.
 """
 
 from __future__ import annotations
@@ -15,13 +14,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 from psycopg import sql
 
 from device_sync import sync
-from device_sync.config import ConfigError, Settings, load_settings
+from device_sync.config import Settings, load_settings
 from device_sync.history import mark_run_failed
-from device_sync.options import MAX_DEVICE_IDS, RunOptions
 from device_sync.skips import SKIP_REASONS
 from device_sync.staging import StagingTables, drop_tables
 from device_sync.window import Window
@@ -466,103 +463,3 @@ def test_record_failure_with_keep_error_keeps_the_earlier_message(conn: psycopg.
     assert (kept["status"], kept["error"]) == ("failed", "apply_changes: deadlock")
     assert (replaced["status"], replaced["error"]) == ("failed", "a later error")
     assert len(history(conn)) == 1
-
-
-# --- stage files (no database) -------------------------------------------------------------------------
-
-
-def test_stage_prod_gives_the_prod_file_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    dev = load_settings()
-    monkeypatch.setenv("DEVICE_SYNC_STAGE", "prod")
-
-    prod = load_settings()
-
-    assert prod.stage == "prod"
-    assert (prod.statement_timeout_seconds, prod.task_timeout_minutes, prod.retries) == (1800, 120, 4)
-    assert prod.history_retention_days == 90
-    assert (prod.schedule, prod.lookback_minutes, prod.cloudwatch_namespace) == (
-        "0 * * * *",
-        1440,
-        "IoT/DeviceParameterSync",
-    )
-    assert (prod.postgres_conn_id, prod.aws_conn_id) == ("device_sync_postgres", "aws_default")
-    assert (dev.stage, dev.statement_timeout_seconds, dev.task_timeout_minutes, dev.retries) == ("dev", 600, 60, 3)
-    assert dev.history_retention_days == 30
-
-
-def test_an_explicit_environment_variable_wins_over_the_stage_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEVICE_SYNC_STAGE", "prod")
-    monkeypatch.setenv("DEVICE_SYNC_RETRIES", "7")
-    monkeypatch.setenv("DEVICE_SYNC_HISTORY_RETENTION_DAYS", "5")
-
-    settings = load_settings()
-
-    assert (settings.retries, settings.history_retention_days) == (7, 5)
-    assert settings.statement_timeout_seconds == 1800  # the rest still comes from prod.env
-
-
-@pytest.mark.parametrize("stage", ["staging", "PROD", ""])
-def test_an_unknown_stage_raises_config_error_naming_the_variable(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
-    monkeypatch.setenv("DEVICE_SYNC_STAGE", stage)
-
-    with pytest.raises(ConfigError, match="DEVICE_SYNC_STAGE") as error:
-        load_settings()
-
-    assert repr(stage) in str(error.value)
-
-
-# --- RunOptions.from_params (no database) --------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("params", "expected"),
-    [
-        pytest.param(None, RunOptions(), id="no_params"),
-        pytest.param({}, RunOptions(), id="empty_params"),
-        pytest.param({"lookback_minutes": None, "device_ids": None}, RunOptions(), id="explicit_nones"),
-        pytest.param({"dry_run": True}, RunOptions(dry_run=True), id="dry_run"),
-        pytest.param({"lookback_minutes": 1}, RunOptions(lookback_minutes=1), id="lookback_min"),
-        pytest.param({"lookback_minutes": 44640}, RunOptions(lookback_minutes=44640), id="lookback_max"),
-        pytest.param({"device_ids": ["d2", "d1", "d2"]}, RunOptions(device_ids=("d2", "d1")), id="ids_deduplicated"),
-        pytest.param(
-            {"dry_run": False, "lookback_minutes": 90, "device_ids": ("d1",)},
-            RunOptions(dry_run=False, lookback_minutes=90, device_ids=("d1",)),
-            id="all_fields",
-        ),
-    ],
-)
-def test_valid_params_give_run_options(params: dict[str, Any] | None, expected: RunOptions) -> None:
-    assert RunOptions.from_params(params) == expected
-
-
-def test_the_largest_allowed_device_list_is_accepted() -> None:
-    ids = [f"d{i}" for i in range(MAX_DEVICE_IDS)]
-
-    options = RunOptions.from_params({"device_ids": ids})
-
-    assert options.device_ids == tuple(ids)
-
-
-@pytest.mark.parametrize(
-    ("params", "field"),
-    [
-        pytest.param({"dry_run": "true"}, "dry_run", id="dry_run_string"),
-        pytest.param({"dry_run": 1}, "dry_run", id="dry_run_int"),
-        pytest.param({"lookback_minutes": 0}, "lookback_minutes", id="lookback_0"),
-        pytest.param({"lookback_minutes": -1}, "lookback_minutes", id="lookback_negative"),
-        pytest.param({"lookback_minutes": 44641}, "lookback_minutes", id="lookback_above_max"),
-        pytest.param({"lookback_minutes": True}, "lookback_minutes", id="lookback_bool"),
-        pytest.param({"lookback_minutes": "60"}, "lookback_minutes", id="lookback_string"),
-        pytest.param({"lookback_minutes": 60.0}, "lookback_minutes", id="lookback_float"),
-        pytest.param({"device_ids": []}, "device_ids", id="ids_empty_list"),
-        pytest.param({"device_ids": "d1"}, "device_ids", id="ids_string"),
-        pytest.param({"device_ids": {"d1"}}, "device_ids", id="ids_set"),
-        pytest.param({"device_ids": [f"d{i}" for i in range(MAX_DEVICE_IDS + 1)]}, "device_ids", id="ids_above_max"),
-        pytest.param({"device_ids": [1]}, "device_ids", id="ids_int"),
-        pytest.param({"device_ids": ["d1", None]}, "device_ids", id="ids_none"),
-        pytest.param({"device_ids": [""]}, "device_ids", id="ids_empty_string"),
-    ],
-)
-def test_invalid_params_fail_the_task_naming_the_field(params: dict[str, Any], field: str) -> None:
-    with pytest.raises(AirflowFailException, match=f"param {field} "):
-        RunOptions.from_params(params)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import get_args
 
 import pytest
@@ -319,3 +319,104 @@ def test_settings_can_still_be_built_by_field_name() -> None:
         "ds_custom",
         5,
     )
+
+
+# --- stage files -------------------------------------------------------------------------
+
+
+def test_stage_prod_gives_the_prod_file_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = load_settings()
+    monkeypatch.setenv("DEVICE_SYNC_STAGE", "prod")
+
+    prod = load_settings()
+
+    assert prod.stage == "prod"
+    assert (prod.statement_timeout_seconds, prod.task_timeout_minutes, prod.retries) == (1800, 120, 4)
+    assert prod.history_retention_days == 90
+    assert (prod.schedule, prod.lookback_minutes, prod.cloudwatch_namespace) == (
+        "0 * * * *",
+        1440,
+        "IoT/DeviceParameterSync",
+    )
+    assert (prod.postgres_conn_id, prod.aws_conn_id) == ("device_sync_postgres", "aws_default")
+    assert (dev.stage, dev.statement_timeout_seconds, dev.task_timeout_minutes, dev.retries) == ("dev", 600, 60, 3)
+    assert dev.history_retention_days == 30
+
+
+def test_an_explicit_environment_variable_wins_over_the_stage_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVICE_SYNC_STAGE", "prod")
+    monkeypatch.setenv("DEVICE_SYNC_RETRIES", "7")
+    monkeypatch.setenv("DEVICE_SYNC_HISTORY_RETENTION_DAYS", "5")
+
+    settings = load_settings()
+
+    assert (settings.retries, settings.history_retention_days) == (7, 5)
+    assert settings.statement_timeout_seconds == 1800  # the rest still comes from prod.env
+
+
+@pytest.mark.parametrize("stage", ["staging", "PROD", ""])
+def test_an_unknown_stage_raises_config_error_naming_the_variable(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+    monkeypatch.setenv("DEVICE_SYNC_STAGE", stage)
+
+    with pytest.raises(ConfigError, match="DEVICE_SYNC_STAGE") as error:
+        load_settings()
+
+    assert repr(stage) in str(error.value)
+
+
+# --- fire times between two instants ----------------------------------------------------------------------
+
+AT = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)  # a Tuesday
+
+
+@pytest.mark.parametrize(
+    ("after", "until", "count"),
+    [
+        (AT, AT, 0),
+        (AT, AT + timedelta(minutes=59), 0),
+        (AT, AT + timedelta(hours=1), 1),  # (after, until]: the end counts
+        (AT - timedelta(microseconds=1), AT, 1),
+        (AT + timedelta(seconds=30), AT + timedelta(hours=3), 3),  # 11:00, 12:00, 13:00
+        (AT + timedelta(hours=2), AT, 0),  # an end before the start
+    ],
+)
+def test_fire_times_lie_after_the_start_and_up_to_the_end(after: datetime, until: datetime, count: int) -> None:
+    assert Settings(schedule="0 * * * *").fire_times_between(after, until, limit=100) == count
+
+
+def test_fire_times_are_counted_only_up_to_the_limit() -> None:
+    hourly = Settings(schedule="0 * * * *")
+    assert hourly.fire_times_between(AT, AT + timedelta(days=365), limit=3) == 3
+    assert hourly.fire_times_between(AT, AT + timedelta(hours=2), limit=3) == 2
+    assert hourly.fire_times_between(AT, AT + timedelta(hours=2), limit=0) == 0
+
+
+def test_fire_times_are_utc_whatever_the_zone_of_the_instants() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    hourly_at_nine = Settings(schedule="0 9 * * *")
+    # 10:30+02:00 is 08:30 UTC: 09:00 UTC is still to come that day.
+    after = datetime(2026, 12, 1, 10, 30, tzinfo=plus_two)
+    assert hourly_at_nine.fire_times_between(after, after + timedelta(hours=1), limit=5) == 1
+    assert hourly_at_nine.fire_times_between(after, after + timedelta(minutes=29), limit=5) == 0
+
+
+def test_office_hours_have_no_fire_time_over_the_weekend() -> None:
+    office = Settings(schedule="0 9-17 * * 1-5")
+    friday_after_five = datetime(2026, 11, 27, 17, 0, 40, tzinfo=UTC)
+    monday = datetime(2026, 11, 30, tzinfo=UTC)
+    assert office.fire_times_between(friday_after_five, monday + timedelta(hours=8, minutes=59), limit=10) == 0
+    assert office.fire_times_between(friday_after_five, monday + timedelta(hours=9), limit=10) == 1
+    assert office.fire_times_between(friday_after_five, monday + timedelta(hours=17), limit=10) == 9
+
+
+@pytest.mark.parametrize(
+    ("schedule", "interval"),
+    [("*/5 * * * *", timedelta(minutes=5)), ("0 9-17 * * 1-5", timedelta(hours=64)), ("0 2 * * *", timedelta(days=1))],
+)
+def test_settings_give_the_schedule_interval_and_three_of_them_as_the_health_max_age(
+    schedule: str, interval: timedelta
+) -> None:
+    settings = Settings(schedule=schedule)
+    assert settings.schedule_interval == interval
+    assert settings.health_max_age == 3 * interval
+    assert Settings(schedule=schedule, health_max_age_minutes=7).health_max_age == timedelta(minutes=7)

@@ -1,37 +1,33 @@
 """A window that ends in the future is refused before anything is staged, against real PostgreSQL and Airflow.
 
 Applying one would make every later, real run an "older window" that the forward-only guard records but
-never applies, until the wall clock passed its end. Three ways in are covered:
+never applies, until the wall clock passed its end. Two ways in are covered here:
 
 - ``dag.test()`` (what ``airflow dags test device_parameter_sync <future>`` runs): the first task fails at
   once, naming the window end and the database's now(), with nothing staged or applied; the next real run
   applies as usual;
-- the sync's own steps (a cleared ``apply_changes`` re-checks before writing);
-- a REST trigger with a future ``logical_date`` (whose tasks Airflow would never start): refused with 422 by
-  the plugin's middleware on a real ``airflow api-server``, while a valid trigger passes through unchanged.
+- the sync's own steps (a cleared ``apply_changes`` re-checks before writing).
+
+The third, a REST trigger with a future ``logical_date``, is refused by the plugin's middleware: its rule in
+tests/unit/test_trigger_guard_unit.py, on a real ``airflow api-server`` in tests/e2e/test_future_window_e2e.py.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
-from conftest import run_dag_test, running_airflow_stack
+from conftest import run_dag_test
 from device_sync import sync
 from device_sync.config import load_settings
 from device_sync.staging import StagingTables
-from device_sync.trigger_guard import future_window_refusal
 from device_sync.window import FutureWindow, Window
 from source_data import add_devices, add_measurements, add_parameters, query, target
 
 DAG_ID = "device_parameter_sync"
-SKEW = timedelta(minutes=5)
 
 
 def staging_tables(conn: psycopg.Connection[Any]) -> list[str]:
@@ -46,47 +42,6 @@ def seed(conn: psycopg.Connection[Any], now: datetime) -> None:
     add_parameters(conn, ("p1", "Temp"), ("p2", "Hum"))
     add_measurements(conn, ("d1", "p1", now - timedelta(minutes=30)), ("d1", "p2", now - timedelta(minutes=20)))
     conn.commit()
-
-
-# --- the refusal itself (pure) -----------------------------------------------------------------------------
-
-
-NOW = datetime(2026, 12, 3, 12, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"logical_date": "2030-01-01T00:00:00Z"},
-        {"logical_date": (NOW + SKEW + timedelta(seconds=1)).isoformat()},
-        {"logical_date": "2026-12-03T10:00:00+00:00", "data_interval_start": "2026-12-03T10:00:00+00:00",
-         "data_interval_end": "2026-12-04T10:00:00+00:00"},
-        {"logical_date": "2026-12-03T14:00:00"},  # naive: Airflow reads it as UTC
-    ],
-)  # fmt: skip
-def test_a_trigger_whose_window_ends_in_the_future_is_refused_naming_the_end_and_now(body: dict[str, Any]) -> None:
-    refusal = future_window_refusal(json.dumps(body).encode(), NOW, SKEW)
-    assert refusal is not None
-    assert NOW.isoformat() in refusal
-    assert "DEVICE_SYNC_MAX_CLOCK_SKEW_SECONDS=300" in refusal
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"",
-        b"{}",
-        b'{"logical_date": null, "conf": {"dry_run": true}}',
-        json.dumps({"logical_date": (NOW + SKEW).isoformat()}).encode(),  # within the allowed skew
-        json.dumps({"logical_date": "2026-12-01T00:00:00+00:00"}).encode(),
-        json.dumps({"run_after": "2030-01-01T00:00:00+00:00"}).encode(),  # a later start, not a later window
-        b'{"logical_date": "not a date"}',  # Airflow refuses it with its own message
-        b"[1, 2]",
-        b"not json",
-    ],
-)
-def test_triggers_whose_window_is_not_in_the_future_pass(body: bytes) -> None:
-    assert future_window_refusal(body, NOW, SKEW) is None
 
 
 # --- the sync's steps ----------------------------------------------------------------------------------------
@@ -160,50 +115,3 @@ def test_dag_test_for_a_future_date_fails_at_once_and_the_next_real_run_still_ap
     assert target(conn) == {("d1", "p1"): ("Device 1", "Temp"), ("d1", "p2"): ("Device 1", "Hum")}
     rows = query(conn, "SELECT applied, guard FROM device_sync.run_history WHERE run_id = %s", (dag_run.run_id,))
     assert rows == [(True, None)]
-
-
-# --- a REST trigger with a future logical date, on a real api-server ----------------------------------------
-
-
-@pytest.fixture(scope="module")
-def stack(moto_server: str) -> Iterator[Any]:
-    with running_airflow_stack() as stack:
-        yield stack
-
-
-def wait_for_dag(stack: Any, token: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while stack.request("GET", f"/api/v2/dags/{DAG_ID}", token=token)[0] != 200:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the DAG never appeared in the api-server")
-        time.sleep(1)
-
-
-def dag_runs(stack: Any, token: str) -> list[dict[str, Any]]:
-    status, body = stack.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns", token=token)
-    assert status == 200, body
-    return list(body["dag_runs"])
-
-
-def test_rest_trigger_for_a_future_logical_date_is_refused_and_a_valid_one_passes(stack: Any) -> None:
-    token = stack.token("admin")
-    wait_for_dag(stack, token)
-    path = f"/api/v2/dags/{DAG_ID}/dagRuns"
-
-    status, body = stack.request("POST", path, {"logical_date": "2030-01-01T00:00:00Z", "conf": {}}, token=token)
-    assert status == 422, body
-    assert "2030-01-01T00:00:00+00:00" in body["detail"] and "after now" in body["detail"]
-    assert dag_runs(stack, token) == []
-
-    # The middleware replays the body it read: Airflow sees the same logical date and conf.
-    logical_date = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
-    conf = {"dry_run": True, "device_ids": ["d1"]}
-    status, run = stack.request("POST", path, {"logical_date": logical_date.isoformat(), "conf": conf}, token=token)
-    assert status == 200, run
-    assert run["conf"] == conf
-    assert datetime.fromisoformat(run["logical_date"]) == logical_date
-    assert [r["dag_run_id"] for r in dag_runs(stack, token)] == [run["dag_run_id"]]
-
-    # Other methods pass untouched.
-    status, _ = stack.request("GET", path, token=token)
-    assert status == 200

@@ -21,11 +21,11 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from conftest import REPO
 from device_sync import resources
 from device_sync.config import STAGES, Settings
 from device_sync.demo import load_demo_fleet
 
-REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / "deploy" / "compose.env.example"

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,7 +17,6 @@ from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import CronTriggerTimetable
 
 from conftest import REPO
-from device_sync.options import window_end_of
 
 DAG_ID = "device_parameter_sync"
 PLAN = "plan_aggregation_shards"
@@ -172,17 +170,6 @@ def test_parsing_touches_no_database_or_network(monkeypatch: pytest.MonkeyPatch)
     bag = load_dagbag()
     assert bag.import_errors == {}
     assert attempts == []
-
-
-def test_window_end_is_data_interval_end_else_run_after() -> None:
-    from datetime import UTC, datetime
-
-    scheduled = SimpleNamespace(
-        data_interval_end=datetime(2026, 1, 2, tzinfo=UTC), run_after=datetime(2026, 1, 3, tzinfo=UTC)
-    )
-    no_logical_date = SimpleNamespace(data_interval_end=None, run_after=datetime(2026, 1, 3, tzinfo=UTC))
-    assert window_end_of(scheduled) == datetime(2026, 1, 2, tzinfo=UTC)
-    assert window_end_of(no_logical_date) == datetime(2026, 1, 3, tzinfo=UTC)
 
 
 def airflow_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
