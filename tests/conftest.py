@@ -17,8 +17,9 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,19 @@ def run_dag_test(logical_date: Any, prepare: Any = None, **env: str) -> Any:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+class Worker(threading.Thread):
+    """Runs ``target`` in a thread and keeps its result or its exception for the test thread."""
+
+    def __init__(self, target: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self._call = target
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self._call()
+        except BaseException as error:  # reported to the test thread
+            self.error = error

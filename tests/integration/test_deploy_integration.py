@@ -33,12 +33,11 @@ import boto3
 import psycopg
 import pytest
 from botocore.stub import ANY, Stubber
-from test_wheel_integration import INSIDE, T, run, uv
+from test_wheel_integration import T, assert_three_devices_synced, run, seed_three_devices, uv
 
 from conftest import REPO, psycopg_url_to_airflow_uri
 from device_sync import __version__, metrics
 from device_sync.config import Settings, load_settings
-from source_data import add_devices, add_measurements, add_parameters, target
 
 ENVIRONMENT = "device-sync-dev"
 WHEEL = f"device_sync-{__version__}-py3-none-any.whl"
@@ -618,20 +617,10 @@ def test_what_was_deployed_is_what_works(
         "AWS_DEFAULT_REGION": "us-east-1",
         **settings,
     }
-    add_devices(conn, ("d1", "Device 1", True), ("d2", "Device 2", True), ("d3", "Off", False))
-    add_parameters(conn, ("p1", "Temp"), ("p2", "Volt"))
-    add_measurements(conn, ("d1", "p1", INSIDE), ("d1", "p2", INSIDE), ("d2", "p1", INSIDE), ("d3", "p1", INSIDE))
-    conn.commit()
+    seed_three_devices(conn)
 
     airflow = str(venv / "bin" / "airflow")
     run([airflow, "db", "migrate"], env=env, cwd=work)
     run([airflow, "dags", "test", "device_parameter_sync", T.isoformat()], env=env, cwd=work)
 
-    assert target(conn) == {
-        ("d1", "p1"): ("Device 1", "Temp"),
-        ("d1", "p2"): ("Device 1", "Volt"),
-        ("d2", "p1"): ("Device 2", "Temp"),
-    }
-    with conn.transaction():
-        rows = conn.execute("SELECT status, applied, inserted FROM device_sync.run_history").fetchall()
-    assert rows == [("success", True, 3)]
+    assert_three_devices_synced(conn)

@@ -32,7 +32,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 from psycopg import sql
 
-from conftest import ADMIN_URL, free_port, run_dag_test
+from conftest import ADMIN_URL, Worker, free_port, run_dag_test
 from device_sync import db, metrics, sync
 from device_sync.config import Settings, load_settings
 from device_sync.errors import CONNECT_ATTEMPTS, connection, is_statement_timeout
@@ -98,22 +98,6 @@ def run_steps(
 
 def run_record(run_id: str, window: Window) -> dict[str, Any]:
     return {"run_id": run_id, "dag_id": DAG_ID, "window_start": window.start, "window_end": window.end}
-
-
-class Worker(threading.Thread):
-    """Runs ``target`` in a thread and keeps its result or its exception for the test thread."""
-
-    def __init__(self, target: Callable[[], Any]) -> None:
-        super().__init__(daemon=True)
-        self._call = target
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result = self._call()
-        except BaseException as error:  # reported to the test thread
-            self.error = error
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:

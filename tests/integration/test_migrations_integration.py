@@ -11,10 +11,9 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import ADMIN_URL, REPO
+from conftest import ADMIN_URL, REPO, Worker
 from device_sync import db, migrations
 from device_sync.config import Settings, load_settings
 from device_sync.migrations import SchemaBehind, SchemaError
@@ -342,20 +341,6 @@ def test_custom_staging_schema(conn: psycopg.Connection[Any]) -> None:
     finally:
         with conn.transaction():
             conn.execute("DROP SCHEMA IF EXISTS ds_migrations CASCADE")
-
-
-class Worker(threading.Thread):
-    def __init__(self, target: Callable[[], Any]) -> None:
-        super().__init__(daemon=True)
-        self._call = target
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result = self._call()
-        except BaseException as error:  # reported to the test thread
-            self.error = error
 
 
 def migrate_with_own_connection(database_url: str) -> list[int]:

@@ -29,6 +29,26 @@ T = datetime(2026, 11, 30, 12, tzinfo=UTC)
 INSIDE = T - timedelta(hours=1)
 
 
+def seed_three_devices(conn: psycopg.Connection[Any]) -> None:
+    """Two active devices with three measured pairs and an inactive one (committed: a subprocess syncs)."""
+    add_devices(conn, ("d1", "Device 1", True), ("d2", "Device 2", True), ("d3", "Off", False))
+    add_parameters(conn, ("p1", "Temp"), ("p2", "Volt"))
+    add_measurements(conn, ("d1", "p1", INSIDE), ("d1", "p2", INSIDE), ("d2", "p1", INSIDE), ("d3", "p1", INSIDE))
+    conn.commit()
+
+
+def assert_three_devices_synced(conn: psycopg.Connection[Any]) -> None:
+    """What one applied run over :func:`seed_three_devices` leaves: the active devices' three pairs."""
+    assert target(conn) == {
+        ("d1", "p1"): ("Device 1", "Temp"),
+        ("d1", "p2"): ("Device 1", "Volt"),
+        ("d2", "p1"): ("Device 2", "Temp"),
+    }
+    with conn.transaction():
+        rows = conn.execute("SELECT status, applied, inserted FROM device_sync.run_history").fetchall()
+    assert rows == [("success", True, 3)]
+
+
 def uv() -> str:
     found = shutil.which("uv") or str(REPO / ".tools" / "bin" / "uv")
     assert Path(found).exists(), "uv is missing: `make venv` installs it into .tools/"
@@ -142,10 +162,7 @@ def test_a_bare_dags_folder_with_the_wheel_installed_syncs_and_lists_the_plugin(
     installed: Path, bare_airflow: tuple[Path, dict[str, str]], conn: psycopg.Connection[Any]
 ) -> None:
     work, env = bare_airflow
-    add_devices(conn, ("d1", "Device 1", True), ("d2", "Device 2", True), ("d3", "Off", False))
-    add_parameters(conn, ("p1", "Temp"), ("p2", "Volt"))
-    add_measurements(conn, ("d1", "p1", INSIDE), ("d1", "p2", INSIDE), ("d2", "p1", INSIDE), ("d3", "p1", INSIDE))
-    conn.commit()
+    seed_three_devices(conn)
 
     plugins = json.loads(airflow(installed, "plugins", "-o", "json", env=env, cwd=work))
     ((plugin,),) = [[p for p in plugins if p["name"] == "device_sync"]]
@@ -159,14 +176,7 @@ def test_a_bare_dags_folder_with_the_wheel_installed_syncs_and_lists_the_plugin(
 
     airflow(installed, "dags", "test", "device_parameter_sync", T.isoformat(), env=env, cwd=work)
 
-    assert target(conn) == {
-        ("d1", "p1"): ("Device 1", "Temp"),
-        ("d1", "p2"): ("Device 1", "Volt"),
-        ("d2", "p1"): ("Device 2", "Temp"),
-    }
-    with conn.transaction():
-        rows = conn.execute("SELECT status, applied, inserted FROM device_sync.run_history").fetchall()
-    assert rows == [("success", True, 3)]
+    assert_three_devices_synced(conn)
 
 
 def test_wheel_and_checkout_plugins_folder_together_register_the_plugin_once(installed: Path, tmp_path: Path) -> None:
