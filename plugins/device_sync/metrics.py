@@ -27,7 +27,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "RowsSkipped": ("Count", "skipped"),
     "SyncDurationSeconds": ("Seconds", "duration_seconds"),
     "SyncSuccess": ("None", "success"),
-    # 1 when a safety guard kept the run from applying, else 0 (see the README's runbook).
+    # 1 when a safety guard kept the run from applying, else 0 (see docs/runbook.md, Safety guards).
     "MassDeleteBlocked": ("Count", "guard_mass_delete"),
     "StaleMeasurementsBlocked": ("Count", "guard_stale_measurements"),
     "OlderWindowNotApplied": ("Count", "guard_older_window"),
