@@ -11,7 +11,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 VENV := $(CURDIR)/.venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: venv demo test test-unit lint lock clean airflow airflow-stop deploy-monitoring bench dist deploy migrate
+.PHONY: venv demo test test-unit test-compose lint lock clean airflow airflow-stop deploy-monitoring bench dist deploy migrate
 DIST ?= $(CURDIR)/dist
 
 venv: $(VENV)/.installed
@@ -70,6 +70,12 @@ test: lint
 test-unit: venv
 	$(VENV)/bin/pytest tests/unit
 
+# docker-compose.yaml run for real (tests/compose): podman with runc, the images built locally, two Celery
+# workers, a DAG run through the REST API, then `down -v`. Installs podman and its helpers first (needs root).
+test-compose: venv
+	scripts/ensure_compose_tools.sh
+	$(VENV)/bin/pytest tests/compose
+
 # The benchmark (not part of the test suite): bench/results/latest.{json,md,png}. About 15 minutes at full
 # scale, as root with cold runs. Options: make bench BENCH_ARGS="--scale 0.05 --warm 1 --no-cold".
 bench: venv
@@ -77,7 +83,7 @@ bench: venv
 
 # Re-pin every dependency after editing pyproject.toml's dependencies / requirements-dev.in.
 lock: | $(UV)
-	$(UV) pip compile --quiet --python-version $(PYTHON_VERSION) pyproject.toml -o requirements.txt
+	$(UV) pip compile --quiet --python-version $(PYTHON_VERSION) --extra celery pyproject.toml -o requirements.txt
 	$(UV) pip compile --quiet --python-version $(PYTHON_VERSION) requirements-dev.in -c requirements.txt -o requirements-dev.txt
 
 clean:

@@ -1,10 +1,11 @@
 """Shared fixtures: a real PostgreSQL database per test session, a real Airflow, a real moto server.
 
-The tests live in three folders, each marked by its name (``pytest -m unit`` works as well as ``pytest tests/unit``):
+The tests live in four folders, each marked by its name (``pytest -m unit`` works as well as ``pytest tests/unit``):
 
 - ``tests/unit``: pure logic; no database, no Airflow stack, no network (``make test-unit``);
 - ``tests/integration``: real PostgreSQL, ``dag.test()``, moto, the plugin's API in-process, PgBouncer, the wheel;
-- ``tests/e2e``: a real Airflow stack (api-server, scheduler, ...) and a real browser.
+- ``tests/e2e``: a real Airflow stack (api-server, scheduler, ..., Celery workers) and a real browser;
+- ``tests/compose``: docker-compose.yaml run for real with podman (``make test-compose``; not in ``make test``).
 
 The suite never skips database tests: if PostgreSQL is unreachable and any selected test is not a unit test,
 the run stops before the first test with a message saying how to get it. A unit-only run never connects.
@@ -60,19 +61,21 @@ HOW_TO_GET_POSTGRES = (
 
 
 TESTS = Path(__file__).resolve().parent
-KINDS = ("unit", "integration", "e2e")  # the folders under tests/, and the marker of every test in each
+KINDS = ("unit", "integration", "e2e", "compose")  # the folders under tests/, and the marker of every test in each
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test by its folder; a test module outside the three folders is a mistake."""
+    """Mark every test by its folder; a test module outside those folders is a mistake."""
     for item in items:
         path = Path(item.path).resolve()
         if not path.is_relative_to(TESTS):
             continue
         kind = path.relative_to(TESTS).parts[0]
         if kind not in KINDS:
-            raise pytest.UsageError(f"{path}: a test module belongs in tests/unit, tests/integration or tests/e2e")
+            raise pytest.UsageError(
+                f"{path}: a test module belongs in tests/unit, tests/integration, tests/e2e or tests/compose"
+            )
         item.add_marker(getattr(pytest.mark, kind))
 
 
