@@ -12,7 +12,7 @@ from functools import partial
 
 from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, chain, dag, task
 
-from device_sync import options, resources, tasks
+from device_sync import options, pool, resources, tasks
 from device_sync.config import load_settings
 
 settings = load_settings()
@@ -78,7 +78,8 @@ settings = load_settings()
 )
 def device_parameter_sync() -> None:
     # A step that failed for good (not an attempt a retry may fix) marks the run failed in the run history.
-    step = partial(task, on_failure_callback=tasks.record_step_failure)
+    # Steps query the IoT database: the pool bounds how many of them (of every run) hold a session at once.
+    step = partial(task, on_failure_callback=tasks.record_step_failure, pool=pool.NAME)
     # The shard count is fixed once per run: the shards and resolve_parameter_names take it from this plan.
     shard_plan = task(tasks.plan_aggregation_shards)()
     devices = step(tasks.discover_active_devices)()
@@ -91,7 +92,7 @@ def device_parameter_sync() -> None:
     # No task retries: the CloudWatch client retries once within DEVICE_SYNC_CLOUDWATCH_TIMEOUT_SECONDS, so an
     # outage costs the run seconds and does not hold its staging tables (and the next run) for minutes.
     publish = task(tasks.publish_metrics, trigger_rule=TriggerRule.ALL_DONE, retries=0)()
-    cleanup = task(tasks.cleanup_staging)()
+    cleanup = task(tasks.cleanup_staging, pool=pool.NAME)()
     chain(shard_plan, devices, pairs, names, delta, applied, publish)
     # The first three steps create the run's staging tables: they are the setups of cleanup_staging, so
     # clearing compute_delta or apply_changes of a finished run runs them again first (instead of failing on

@@ -144,10 +144,14 @@ def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
 
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
-    """Airflow's metadata database, migrated once per session."""
+    """Airflow's metadata database, migrated once per session, with the tasks' pool."""
+    from airflow.models.pool import Pool
     from airflow.utils.db import resetdb
 
+    from device_sync import pool
+
     resetdb()
+    Pool.create_or_update_pool(pool.NAME, slots=4, description=pool.DESCRIPTION, include_deferred=False)
 
 
 @pytest.fixture(scope="session")

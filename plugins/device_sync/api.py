@@ -1,7 +1,8 @@
 """The operators' HTTP endpoints, served by ``airflow api-server`` under ``/device-sync`` (see the plugin).
 
-- ``GET /health``: public, for load balancers: 200 when the database answers, the last finished run did not
-  fail and the last applied sync is recent enough (see :func:`health_answer`), else 503 with a short reason
+- ``GET /health``: public, for load balancers: 200 when the tasks' Airflow pool exists, the database
+  answers, the last finished run did not fail and the last applied sync is recent enough (see
+  :func:`health_answer`), else 503 with a short reason
   class. No error text, no secrets (the details are behind ``/runs``); one small query with short timeouts,
   and the answer is cached in-process for :data:`HEALTH_CACHE_SECONDS`.
 - ``GET /runs``, ``GET /changes``: the run history and the change log, paginated JSON.
@@ -27,7 +28,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse
 from psycopg.rows import dict_row
 
-from device_sync import db, history
+from device_sync import db, history, pool
 from device_sync.config import Settings, load_settings
 from device_sync.guards import GUARDS, OLDER_WINDOW
 from device_sync.summary import STEP_TASK_IDS
@@ -149,6 +150,8 @@ def _compute_health() -> tuple[int, dict[str, Any]]:
     except Exception:  # the message quotes the configured values: for the logs, not for the public
         log.exception("device-sync health check: invalid configuration")
         return 503, {"status": "unhealthy", "reason": "invalid configuration"}
+    if not _pool_exists():
+        return 503, {"status": "unhealthy", "reason": pool.missing_message(settings.db_pool_slots)}
     try:
         with _connect(settings, HEALTH_TIMEOUT_SECONDS) as conn, db.transaction(conn, HEALTH_TIMEOUT_SECONDS) as cur:
             cur.execute(db.compose(f"{db.API_SQL}health.sql", history.tables(settings.staging_schema)))
@@ -162,6 +165,15 @@ def _compute_health() -> tuple[int, dict[str, Any]]:
         log.warning("device-sync health check: database unreachable: %s: %s", type(error).__name__, error)
         return 503, {"status": "unhealthy", "reason": f"database unreachable ({type(error).__name__})"}
     return health_answer(state, settings)
+
+
+def _pool_exists() -> bool:
+    """Whether the tasks' Airflow pool exists; True when the metadata database cannot tell (not our outage)."""
+    try:
+        return pool.exists()
+    except Exception as error:
+        log.warning("device-sync health check: could not look up pool %s: %s", pool.NAME, error)
+        return True
 
 
 _health_lock = threading.Lock()

@@ -25,7 +25,7 @@ CHANGE_LOG = "change_log"
 HISTORY_FIELDS = (
     "run_id", "dag_id", "logical_date", "window_start", "window_end", "started_at", "finished_at", "status",
     "dry_run", "applied", "device_scope", "active_devices", "observed_pairs", "inserted", "deleted", "updated",
-    "skipped", "skipped_by_reason", "error", "guard",
+    "skipped", "skipped_by_reason", "error", "guard", "apply_attempt", "apply_host",
 )  # fmt: skip
 
 

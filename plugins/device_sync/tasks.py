@@ -146,6 +146,9 @@ def apply_changes(**context: Any) -> dict[str, Any]:
         "observed_pairs": names.get("observed_pairs"),
         "skipped": skips.skipped_total(devices, names),
         "skipped_by_reason": skips.skipped_by_reason(devices, names),
+        # A retry after a lost worker applies on another one: the history row says which attempt and where.
+        "apply_attempt": ti.try_number,
+        "apply_host": getattr(ti, "hostname", None),
     }
     started = time.monotonic()
     with connection(settings) as conn:

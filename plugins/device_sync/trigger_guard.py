@@ -1,11 +1,14 @@
-"""Refuses, at the REST API, a trigger of ``device_parameter_sync`` whose window would end in the future.
+"""Refuses, at the REST API, a trigger of ``device_parameter_sync`` that could never run: one whose window
+would end in the future, or any while the Airflow pool of its database tasks does not exist.
 
 A run for a future logical date never starts its tasks (Airflow's scheduler waits until the logical date),
 so the tasks' own check (:func:`device_sync.sync.refuse_future_window`) cannot refuse it: the run would sit
 "running" for years with its teardown pending and, with ``max_active_runs=1``, every later run queued behind
 it. This ASGI middleware, installed on ``airflow api-server`` by the plugin, answers such a
 ``POST /api/v2/dags/device_parameter_sync/dagRuns`` (the Trigger DAG form of the UI uses the same call) with
-422 and a message naming the window end and now. Every other request passes through untouched.
+422 and a message naming the window end and now. A missing pool (:mod:`device_sync.pool`) would likewise
+leave the run's tasks queued without a word: the trigger is refused with the command that creates the pool.
+Every other request passes through untouched.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import anyio.to_thread
 
 DAG_ID = "device_parameter_sync"
 MAX_BODY_BYTES = 1_048_576  # larger bodies are left to Airflow's own validation
@@ -79,6 +84,8 @@ class RefuseFutureTriggers:
             if message["type"] != "http.request" or not message.get("more_body", False):
                 break
         refusal = future_window_refusal(body, datetime.now(UTC), _max_clock_skew())
+        if refusal is None:  # the metadata database is queried off the event loop
+            refusal = await anyio.to_thread.run_sync(missing_pool_refusal)
         if refusal is not None:
             await _send_json(send, 422, {"detail": refusal})
             return
@@ -87,6 +94,23 @@ class RefuseFutureTriggers:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+
+def missing_pool_refusal() -> str | None:
+    """Why a trigger must be refused because the pool is missing, or None (also when Airflow cannot tell:
+    Airflow's own handler then answers for its database)."""
+    import logging
+
+    from device_sync import pool
+    from device_sync.config import load_settings
+
+    try:
+        if pool.exists():
+            return None
+    except Exception as error:
+        logging.getLogger(__name__).warning("device-sync: could not look up pool %s: %s", pool.NAME, error)
+        return None
+    return pool.missing_message(load_settings().db_pool_slots)
 
 
 def _max_clock_skew() -> timedelta:

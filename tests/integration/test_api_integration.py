@@ -24,7 +24,7 @@ from croniter import croniter
 from fastapi.testclient import TestClient
 
 from conftest import ADMIN_URL, free_port, psycopg_url_to_airflow_uri
-from device_sync import api, sync
+from device_sync import api, pool, sync
 from device_sync.config import load_settings
 from device_sync.history import mark_run_failed
 from source_data import execute, query
@@ -46,7 +46,7 @@ def history(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
 
 
 @pytest.fixture
-def client() -> Iterator[TestClient]:
+def client(airflow_db: None) -> Iterator[TestClient]:
     with TestClient(api.app) as test_client:
         yield test_client
 
@@ -150,6 +150,32 @@ def test_health_reason_uses_only_known_task_ids_and_guards(
     add_run(history, "bad-run", timedelta(minutes=1), status="failed", applied=False, error=error, guard=guard)
     status, body = get_health(client)
     assert (status, body["reason"]) == (503, reason)
+
+
+@pytest.fixture
+def without_pool(airflow_db: None) -> Iterator[None]:
+    """The tasks' Airflow pool deleted for one test, then created again."""
+    from airflow.models.pool import Pool
+
+    Pool.delete_pool(pool.NAME)
+    yield
+    Pool.create_or_update_pool(pool.NAME, slots=4, description=pool.DESCRIPTION, include_deferred=False)
+
+
+def test_health_is_503_naming_the_command_while_the_pool_is_missing(
+    history: psycopg.Connection[Any], client: TestClient, without_pool: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_run(history, "good-run", timedelta(minutes=30))
+    monkeypatch.setenv("DEVICE_SYNC_DB_POOL_SLOTS", "6")
+    status, body = get_health(client)
+    assert status == 503
+    assert body["reason"].startswith("The Airflow pool device_sync_db does not exist")
+    assert "airflow pools set device_sync_db 6 'device-sync: tasks that query the IoT database'" in body["reason"]
+
+
+def test_health_is_200_with_the_pool(history: psycopg.Connection[Any], client: TestClient) -> None:
+    add_run(history, "good-run", timedelta(minutes=30))
+    assert get_health(client)[0] == 200
 
 
 def test_plugin_app_serves_no_api_docs(client: TestClient) -> None:

@@ -274,7 +274,9 @@ def test_baseline_is_todays_schema_and_the_upgrade_only_adds(conn: psycopg.Conne
     assert todays <= upgraded  # nothing of the old schema changed or went away
     assert {line for line in added if "schema_version" not in line} == {
         f"index CREATE INDEX {NEW_INDEX} ON device_sync.run_history USING btree (finished_at DESC) "
-        "WHERE (finished_at IS NOT NULL)"
+        "WHERE (finished_at IS NOT NULL)",
+        "column run_history.apply_attempt integer null default ",
+        "column run_history.apply_host text null default ",
     }
 
     with conn.transaction():
@@ -289,7 +291,7 @@ def test_a_migration_that_is_not_recorded_is_behind_and_applied_alone(conn: psyc
     with conn.transaction():
         conn.execute(f"DROP INDEX device_sync.{NEW_INDEX}; DELETE FROM device_sync.schema_version WHERE version = 2")
 
-    with pytest.raises(SchemaBehind, match=r"schema version 1, this package needs \d+ \(to apply: 0002_"):
+    with pytest.raises(SchemaBehind, match=r"schema version \d+, this package needs \d+ \(to apply: 0002_"):
         migrations.require_current(conn, settings)
     assert migrations.migrate(conn, settings) == [2]
     assert index_exists(conn, NEW_INDEX)

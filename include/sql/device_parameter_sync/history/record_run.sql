@@ -2,12 +2,12 @@
 INSERT INTO {run_history} AS h (
     run_id, dag_id, logical_date, window_start, window_end, started_at, finished_at, status, dry_run,
     applied, device_scope, active_devices, observed_pairs, inserted, deleted, updated, skipped,
-    skipped_by_reason, error, guard)
+    skipped_by_reason, error, guard, apply_attempt, apply_host)
 VALUES (
     %(run_id)s, %(dag_id)s, %(logical_date)s, %(window_start)s, %(window_end)s, %(started_at)s,
     %(finished_at)s, %(status)s, %(dry_run)s, %(applied)s, %(device_scope)s, %(active_devices)s,
     %(observed_pairs)s, %(inserted)s, %(deleted)s, %(updated)s, %(skipped)s, %(skipped_by_reason)s,
-    %(error)s, %(guard)s)
+    %(error)s, %(guard)s, %(apply_attempt)s, %(apply_host)s)
 ON CONFLICT (run_id) DO UPDATE SET
     logical_date = EXCLUDED.logical_date,
     window_start = coalesce(EXCLUDED.window_start, h.window_start),
@@ -25,4 +25,6 @@ ON CONFLICT (run_id) DO UPDATE SET
     skipped = coalesce(EXCLUDED.skipped, h.skipped),
     skipped_by_reason = coalesce(EXCLUDED.skipped_by_reason, h.skipped_by_reason),
     error = EXCLUDED.error,
-    guard = EXCLUDED.guard;
+    guard = EXCLUDED.guard,
+    apply_attempt = coalesce(EXCLUDED.apply_attempt, h.apply_attempt),
+    apply_host = coalesce(EXCLUDED.apply_host, h.apply_host);
