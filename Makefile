@@ -29,8 +29,13 @@ demo: venv
 	$(if $(FORCE_DROP),DEVICE_SYNC_FORCE_DROP=$(FORCE_DROP)) $(VENV)/bin/python scripts/demo.py
 
 # A real local Airflow (api-server, scheduler, dag-processor, triggerer) on http://127.0.0.1:8080.
+# EXECUTOR=celery adds WORKERS Celery workers (default 2) with the machine's Redis as the broker
+# (BROKER_URL, default redis://127.0.0.1:6379/1: a Redis database of its own, emptied at start).
+EXECUTOR ?= local
+WORKERS ?= 2
 airflow: venv
-	$(if $(FORCE_DROP),DEVICE_SYNC_FORCE_DROP=$(FORCE_DROP)) $(VENV)/bin/python scripts/airflow_stack.py start
+	$(if $(FORCE_DROP),DEVICE_SYNC_FORCE_DROP=$(FORCE_DROP)) $(VENV)/bin/python scripts/airflow_stack.py start \
+		--executor "$(EXECUTOR)" --workers "$(WORKERS)" $(if $(BROKER_URL),--broker-url "$(BROKER_URL)")
 
 airflow-stop: venv
 	$(VENV)/bin/python scripts/airflow_stack.py stop

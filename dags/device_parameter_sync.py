@@ -26,7 +26,7 @@ settings = load_settings()
     ),
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=settings.max_active_runs,
     params={
         "dry_run": Param(
             False,

@@ -1,14 +1,21 @@
 """A real local Airflow 3 for device-sync: api-server, scheduler, dag-processor and triggerer from .venv,
-plus a moto server standing in for CloudWatch.
+plus a moto server standing in for CloudWatch and, with the CeleryExecutor, N Celery workers.
 
-    python scripts/airflow_stack.py start [--home DIR] [--port N] [--no-demo] [--force-drop]   # `make airflow`
-    python scripts/airflow_stack.py stop  [--home DIR]                                         # `make airflow-stop`
+    python scripts/airflow_stack.py start [--home DIR] [--port N] [--no-demo] [--force-drop]
+                                          [--executor local|celery] [--workers N] [--broker-url URL]
+                                                        # `make airflow [EXECUTOR=celery WORKERS=2 BROKER_URL=...]`
+    python scripts/airflow_stack.py stop  [--home DIR]  # `make airflow-stop`
 
-LocalExecutor, a PostgreSQL metadata database of its own (``<name>_airflow`` on the same server as the data),
-the project's dags/ and plugins/, Airflow's simple auth manager with two local logins (admin and viewer,
-passwords written to ``<home>/passwords.json``). ``start`` waits until every component is healthy, loads the
-demo fleet into the data database (unless --no-demo) and prints the UI address and the logins. Every
-process it starts is recorded by pid in ``<home>/pids`` and ``stop`` ends exactly those.
+LocalExecutor by default; ``--executor celery`` adds ``--workers`` ``airflow celery worker`` processes, each
+with a Celery hostname, a task-instance hostname (``[core] hostname_callable``, :mod:`stack_hostname`), a log
+server port, a concurrency and a log file of its own, the machine's Redis as the broker (a database number of
+its own, emptied at start: ``redis://127.0.0.1:6379/1`` unless --broker-url) and the metadata database as the
+result backend. A PostgreSQL metadata database of its own (``<name>_airflow`` on the same server as the
+data), the project's dags/ and plugins/, the pool ``device_sync_db`` (DEVICE_SYNC_DB_POOL_SLOTS slots),
+Airflow's simple auth manager with two local logins (admin and viewer, passwords written to
+``<home>/passwords.json``). ``start`` waits until every component is healthy (every worker answering a Celery
+ping), loads the demo fleet into the data database (unless --no-demo) and prints the UI address and the
+logins. Every process it starts is recorded by pid in ``<home>/pids`` and ``stop`` ends exactly those.
 ``start`` re-creates ``device_sync_demo`` and ``device_sync_airflow``: it refuses (and drops neither) while
 another session is connected to either, unless --force-drop or DEVICE_SYNC_FORCE_DROP=1 is given, which
 disconnects those sessions.
@@ -41,6 +48,14 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/1"
+CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"
+
+
+def worker_name(number: int) -> str:
+    """The component name of Celery worker ``number`` (1-based); also the first part of its hostnames."""
+    return f"worker{number}"
 
 
 def free_port() -> int:
@@ -163,6 +178,27 @@ class AirflowStack:
     start_seconds: float = 0.0
     moto_port: int = 0
     force_drop: bool = False  # drop the metadata database even while other sessions use it
+    executor: str = "local"  # a key of EXECUTORS
+    workers: int = 0  # Celery workers (executor "celery")
+    broker_url: str = DEFAULT_BROKER_URL  # Celery broker: a Redis database of the stack's own
+    worker_concurrency: int = 4
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor {self.executor!r}: use one of {', '.join(EXECUTORS)}")
+        if self.executor == "celery" and self.workers < 1:
+            raise ValueError("the CeleryExecutor needs at least one worker")
+        if self.executor != "celery":
+            self.workers = 0
+        self.components = (*self.components, *(worker_name(n) for n in range(1, self.workers + 1)))
+
+    @property
+    def worker_names(self) -> list[str]:
+        return [worker_name(n) for n in range(1, self.workers + 1)]
+
+    def worker_hostname(self, component: str) -> str:
+        """The hostname Airflow records for the task instances this worker runs (and its Celery node name)."""
+        return f"{component}.{socket.gethostname()}"
 
     @property
     def base_url(self) -> str:
@@ -181,7 +217,7 @@ class AirflowStack:
                 "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__EXECUTOR": EXECUTORS[self.executor],
                 "AIRFLOW__CORE__PARALLELISM": "4",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings["sql_alchemy_conn"],
@@ -202,8 +238,52 @@ class AirflowStack:
                 "AIRFLOW_CONN_DEVICE_SYNC_POSTGRES": airflow_uri(self.data_url),
             }
         )
+        if self.executor == "celery":
+            env.update(
+                {
+                    "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+                    "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + settings["sql_alchemy_conn"].replace("+psycopg2", ""),
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+                }
+            )
         env.update(self.extra_env)
         return env
+
+    def component_env(self, component: str, env: dict[str, str]) -> dict[str, str]:
+        """A worker's own settings: the hostname its task instances record and its log server's port."""
+        if component not in self.worker_names:
+            return env
+        private = self.workdir(component)
+        return {
+            **env,
+            # Nothing on local disk is shared between the workers but the logs, as between hosts: a task that
+            # left a file for another task to read would find it missing on the other worker.
+            "TMPDIR": str(private / "tmp"),
+            "HOME": str(private),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "scripts"), env.get("PYTHONPATH")])),
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "stack_hostname.hostname",
+            "STACK_WORKER_HOSTNAME": self.worker_hostname(component),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        }
+
+    def workdir(self, component: str) -> Path:
+        """The working directory of a component (a worker's own, with its own temporary directory)."""
+        if component not in self.worker_names:
+            return self.home
+        private = self.home / "workers" / component
+        (private / "tmp").mkdir(parents=True, exist_ok=True)
+        return private
+
+    def command(self, component: str) -> list[str]:
+        airflow = str(REPO / ".venv/bin/airflow")
+        if component == "moto":  # a local CloudWatch stand-in for `make airflow`
+            return [str(REPO / ".venv/bin/moto_server"), "-H", "127.0.0.1", "-p", str(self.moto_port)]
+        if component in self.worker_names:
+            return [
+                *(airflow, "celery", "worker", "--celery-hostname", self.worker_hostname(component)),
+                *("--concurrency", str(self.worker_concurrency)),
+            ]
+        return [airflow, component]
 
     def prepare(self) -> None:
         """Fresh home, metadata database, logins and settings; then `airflow db migrate`."""
@@ -225,6 +305,20 @@ class AirflowStack:
         )
         (self.home / "settings.json").chmod(0o600)
         self.airflow("db", "migrate", timeout=300)
+        from device_sync import pool
+
+        self.airflow(*pool.create_command(self.pool_slots())[1:])
+        if self.executor == "celery":  # no message of an earlier stack may reach these workers
+            import redis
+
+            with redis.Redis.from_url(self.broker_url, socket_timeout=10) as broker:
+                broker.flushdb()
+
+    def pool_slots(self) -> int:
+        from device_sync.config import Settings
+
+        configured = self.env().get("DEVICE_SYNC_DB_POOL_SLOTS")
+        return int(configured) if configured else int(Settings.model_fields["db_pool_slots"].default)
 
     def airflow(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -248,15 +342,12 @@ class AirflowStack:
         pids = {}
         for component in self.components:
             log = (self.home / "logs" / f"{component}.log").open("ab")
-            command = [str(REPO / ".venv/bin/airflow"), component]
-            if component == "moto":  # a local CloudWatch stand-in for `make airflow`
-                command = [str(REPO / ".venv/bin/moto_server"), "-H", "127.0.0.1", "-p", str(self.moto_port)]
             self.processes[component] = subprocess.Popen(
-                command,
-                env=env,
+                self.command(component),
+                env=self.component_env(component, env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=str(self.home),
+                cwd=str(self.workdir(component)),
                 start_new_session=True,
             )
             pids[component] = self.processes[component].pid
@@ -279,11 +370,28 @@ class AirflowStack:
                     {"triggerer"} if "triggerer" in self.components else set()
                 )
                 if all(last.get(name, {}).get("status") == "healthy" for name in wanted):
-                    return
+                    last = self.workers_not_answering()
+                    if not last:
+                        return
             except (urllib.error.URLError, OSError, ValueError) as error:
                 last = error
             time.sleep(1)
         raise TimeoutError(f"Airflow was not healthy after {timeout:.0f} s; last answer: {last}")
+
+    def workers_not_answering(self) -> list[str]:
+        """The Celery workers that do not answer a ping (none for the LocalExecutor)."""
+        if not self.workers:
+            return []
+        ping = subprocess.run(
+            [str(REPO / ".venv/bin/celery"), "--app", CELERY_APP, "inspect", "ping", "--timeout", "5"],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=str(self.home),
+            check=False,
+        )
+        return [name for name in self.worker_names if f"{self.worker_hostname(name)}: OK" not in ping.stdout]
 
     def stop(self, timeout: float = 60) -> None:
         pids = json.loads((self.home / "pids").read_text()) if (self.home / "pids").exists() else {}
@@ -364,6 +472,13 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=REPO / ".airflow")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--no-demo", action="store_true", help="do not (re)load the demo fleet")
+    parser.add_argument("--executor", choices=sorted(EXECUTORS), default="local", help="Airflow executor")
+    parser.add_argument("--workers", type=int, default=2, help="Celery workers (with --executor celery)")
+    parser.add_argument(
+        "--broker-url",
+        default=DEFAULT_BROKER_URL,
+        help="Celery broker: a Redis database of this stack's own, emptied at start (with --executor celery)",
+    )
     parser.add_argument(
         "--force-drop",
         action="store_true",
@@ -393,6 +508,9 @@ def main() -> None:
         moto_port=moto_port,
         extra_env={"AIRFLOW_CONN_AWS_DEFAULT": json.dumps(moto_connection)},
         force_drop=force_drop,
+        executor=args.executor,
+        workers=args.workers,
+        broker_url=args.broker_url,
     )
     if args.action == "stop":
         stack.stop()
@@ -423,6 +541,11 @@ def main() -> None:
     print(f"  logins: admin / {passwords['admin']}   viewer / {passwords['viewer']}")
     print(f"  status page: {stack.base_url}/device-sync/   health: {stack.base_url}/device-sync/health")
     print(f"  CloudWatch stand-in (moto): http://127.0.0.1:{moto_port}")
+    print(
+        f"  executor: {EXECUTORS[stack.executor]}"
+        + (f", workers: {', '.join(stack.worker_names)}" if stack.workers else "")
+    )
+    print(f"  logs: {stack.home / 'logs'} (one file per component)")
     print("  stop it with: make airflow-stop")
 
 

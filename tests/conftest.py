@@ -173,16 +173,29 @@ def moto_server() -> Iterator[str]:
     server.stop()
 
 
+# The machine's Redis; a Celery stack of the tests takes a database number of its own and empties it after.
+TEST_REDIS_URL = os.environ.get("DEVICE_SYNC_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+TEST_REDIS_DATABASES = range(8, 16)  # `make airflow` uses 1
+
+
 @contextmanager
 def running_airflow_stack(
-    components: tuple[str, ...] = ("api-server", "scheduler", "dag-processor"), **extra_env: str
+    components: tuple[str, ...] = ("api-server", "scheduler", "dag-processor"),
+    *,
+    workers: int = 0,
+    worker_concurrency: int = 4,
+    **extra_env: str,
 ) -> Iterator[Any]:
-    """A real Airflow (LocalExecutor) on a free loopback port, with a PostgreSQL metadata database and an
-    IoT data database of its own; every process stopped and both databases dropped at the end."""
+    """A real Airflow on a free loopback port, with a PostgreSQL metadata database and an IoT data database
+    of its own: the LocalExecutor, or with ``workers`` the CeleryExecutor with that many workers on a Redis
+    database of its own. Every process stopped, both databases dropped and the Redis database emptied at the end.
+    """
+    import redis
     from airflow_stack import AirflowStack, recreate_database
 
     suffix = uuid.uuid4().hex[:8]
     data_db = f"device_sync_test_stack_data_{suffix}"
+    broker_url = f"{TEST_REDIS_URL}/{TEST_REDIS_DATABASES[uuid.uuid4().int % len(TEST_REDIS_DATABASES)]}"
     stack = AirflowStack(
         home=Path(tempfile.mkdtemp(prefix="device-sync-stack-")),
         data_url=recreate_database(ADMIN_URL, data_db),
@@ -190,6 +203,10 @@ def running_airflow_stack(
         metadata_db=f"device_sync_test_stack_meta_{suffix}",
         components=components,
         extra_env={"AIRFLOW_CONN_AWS_DEFAULT": os.environ["AIRFLOW_CONN_AWS_DEFAULT"], **extra_env},
+        executor="celery" if workers else "local",
+        workers=workers,
+        worker_concurrency=worker_concurrency,
+        broker_url=broker_url,
     )
     try:
         stack.prepare()
@@ -200,6 +217,9 @@ def running_airflow_stack(
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             for name in (stack.metadata_db, data_db):
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if workers:
+            with redis.Redis.from_url(broker_url, socket_timeout=10) as broker:
+                broker.flushdb()
 
 
 @pytest.fixture(scope="module")

@@ -203,6 +203,13 @@ class Settings(BaseSettings):
         description="Mapped aggregate_recent_measurements tasks; the active devices are split among them by a hash "
         "of the device id, so a large fleet spreads over workers and database cores.",
     )
+    max_active_runs: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Runs of the DAG active at once (scheduled and manual; backfills have their own limit). "
+        "More than one is safe: the writers' lock serializes their apply_changes.",
+    )
     db_pool_slots: int = Field(
         4,
         ge=1,

@@ -15,12 +15,20 @@ from typing import Any
 import psutil
 import psycopg
 import pytest
+from stack_helpers import (
+    DAG_ID,
+    apply_attempts,
+    apply_backend,
+    process_on_port,
+    runs,
+    set_paused,
+    wait_idle,
+    wait_until,
+)
 
 from conftest import running_airflow_stack
 from device_sync import api
 from device_sync.demo import load_demo_fleet
-
-DAG_ID = "device_parameter_sync"
 
 
 @pytest.fixture(scope="module")
@@ -45,55 +53,6 @@ def data(stack: Any) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(stack.data_url, autocommit=True) as conn:
         load_demo_fleet(conn, datetime.now(UTC).replace(second=0, microsecond=0), devices=60, parameters=20)
         yield conn
-
-
-def set_paused(stack: Any, token: str, paused: bool) -> None:
-    deadline = time.monotonic() + 90
-    while True:  # the dag-processor must have parsed the DAG first
-        status, _ = stack.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": paused}, token=token)
-        if status == 200:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError("the DAG never appeared in the api-server")
-        time.sleep(2)
-
-
-def runs(stack: Any, token: str, run_type: str) -> list[dict[str, Any]]:
-    _, body = stack.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?run_type={run_type}&order_by=run_after", token=token)
-    return list(body.get("dag_runs", []))
-
-
-def wait_until(condition: Any, timeout: float, what: str, interval: float = 2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(interval)
-    raise TimeoutError(f"{what} (after {timeout:.0f} s)")
-
-
-def wait_idle(stack: Any, token: str, timeout: float = 120) -> None:
-    """Settle the DAG (paused by the tests between steps): runs the one-minute schedule left queued or running
-    are marked failed, so that no run of the previous step touches the data of the next."""
-
-    def active() -> list[str]:
-        _, body = stack.request(
-            "GET", f"/api/v2/dags/{DAG_ID}/dagRuns?state=queued&state=running&limit=100", token=token
-        )
-        return [run["dag_run_id"] for run in body.get("dag_runs", [])]
-
-    for run_id in active():
-        # A run whose teardown (cleanup_staging) has not run stays running when marked failed, and the scheduler
-        # does not examine the runs of a paused DAG: settle the teardown first (404 when it has no instance yet).
-        stack.request(
-            "PATCH",
-            f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/cleanup_staging",
-            {"new_state": "skipped"},
-            token=token,
-        )
-        stack.request("PATCH", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", {"state": "failed"}, token=token)
-    wait_until(lambda: not active(), timeout, "runs still active")
 
 
 def test_scheduled_runs_happen_on_their_own_and_the_health_endpoint_follows(
@@ -181,35 +140,6 @@ def test_a_backfill_runs_oldest_first_records_history_and_does_not_move_the_tabl
     assert rows == [(False, "older_window")] * 3
     after = set(data.execute("SELECT *, xmin::text FROM iot_data.device_parameters"))
     assert after == before
-
-
-def apply_backend(conn: psycopg.Connection[Any]) -> tuple[int, int] | None:
-    """(backend pid, client port) of a session waiting for our row lock inside apply_changes."""
-    row = conn.execute(
-        "SELECT pid, client_port FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-        "AND query ILIKE '%%device_parameters%%' AND pid <> pg_backend_pid()"
-    ).fetchone()
-    return (int(row[0]), int(row[1])) if row else None
-
-
-def process_on_port(port: int) -> psutil.Process | None:
-    for connection in psutil.net_connections(kind="tcp"):
-        if connection.laddr and connection.laddr.port == port and connection.pid:
-            return psutil.Process(connection.pid)
-    return None
-
-
-def apply_attempts(stack: Any, token: str) -> list[tuple[str, str, int]]:
-    """(run id, state, try number) of apply_changes in every run of the DAG."""
-    _, body = stack.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?limit=100", token=token)
-    attempts = []
-    for run in body.get("dag_runs", []):
-        status, ti = stack.request(
-            "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/apply_changes", token=token
-        )
-        if status == 200:
-            attempts.append((run["dag_run_id"], ti["state"], int(ti["try_number"])))
-    return attempts
 
 
 def test_a_worker_killed_mid_apply_leaves_the_table_whole_and_the_retry_completes(
