@@ -8,6 +8,7 @@ the same result and each step may run in another process or on another host. ``c
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,16 +72,17 @@ def rebuild(
     sql_file: str | None = None,
     table: str | None = None,
     statistics: bool = True,
+    extra: Mapping[str, sql.Composable] | None = None,
 ) -> None:
     """Drop and re-create the staging table ``name`` from its step's SQL file (idempotent on retry).
 
     ``table`` names a table other than ``name`` (an aggregation shard's), written where the SQL says
-    ``{<name>}``; ``sql_file`` a file other than the step's own. ``statistics=False`` skips ANALYZE (and its
-    catalog writes) for a table that later statements only read whole into hash joins: the planner's size
-    estimate from the table's pages is enough there.
+    ``{<name>}``; ``sql_file`` a file other than the step's own; ``extra`` more pieces the SQL names.
+    ``statistics=False`` skips ANALYZE (and its catalog writes) for a table that later statements only read
+    whole into hash joins: the planner's size estimate from the table's pages is enough there.
     """
     target = staging.table(table or name)
-    identifiers = {**staging.identifiers(settings), name: target}
+    identifiers = {**staging.identifiers(settings), **(extra or {}), name: target}
     db.run(cur, sql.SQL("DROP TABLE IF EXISTS {}").format(target))
     db.run(cur, db.compose(f"{db.STEPS_SQL}{sql_file or TABLE_STEPS[name]}.sql", identifiers), params)
     if statistics:

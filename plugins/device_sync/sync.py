@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from device_sync import db, guards, history, migrations, skips, staging
+from device_sync import db, guards, history, migrations, partitions, skips, staging
 from device_sync.config import Settings
 from device_sync.staging import StagingTables
 from device_sync.window import Window, refuse_future_window
@@ -26,9 +26,10 @@ from device_sync.window import Window, refuse_future_window
 log = logging.getLogger(__name__)
 
 DAG_ID = "device_parameter_sync"
-SKIP_SCAN = "skip_scan"
-WINDOW_SCAN = "window_scan"
-PAIR_METHODS = (SKIP_SCAN, WINDOW_SCAN)
+SKIP_SCAN = partitions.SKIP_SCAN
+WINDOW_SCAN = partitions.WINDOW_SCAN
+BY_PARTITION = "by_partition"
+PAIR_METHODS = (SKIP_SCAN, WINDOW_SCAN, BY_PARTITION, f"{BY_PARTITION}:{SKIP_SCAN}", f"{BY_PARTITION}:{WINDOW_SCAN}")
 
 
 def _scope(device_ids: Sequence[str] | None) -> dict[str, Any]:
@@ -71,8 +72,11 @@ def discover_active_devices(
 
 
 def pair_method(cur: psycopg.Cursor[Any], settings: Settings) -> str:
-    """How to find the window's pairs: a loose index scan when the measurements table has an index on
-    ``(device_id, parameter_id, <time column>)`` (read from the catalog), a scan of the window otherwise."""
+    """How to find the window's pairs: partition by partition on a partitioned table (:mod:`device_sync.partitions`);
+    else a loose index scan when the measurements table has an index on ``(device_id, parameter_id, <time
+    column>)`` (read from the catalog), a scan of the window otherwise."""
+    if partitions.is_partitioned(cur, settings):
+        return BY_PARTITION
     row = db.fetch_one_dict(
         cur,
         db.load_sql(f"{db.STEPS_SQL}pair_index.sql"),
@@ -82,6 +86,43 @@ def pair_method(cur: psycopg.Cursor[Any], settings: Settings) -> str:
         },
     )
     return SKIP_SCAN if row["has_pair_index"] else WINDOW_SCAN
+
+
+def _pairs_of(source: sql.Composable, method: str, settings: Settings, tables: StagingTables) -> sql.Composed:
+    """The SELECT of the observed pairs of ``source`` (a table, or ONLY one partition) by ``method``."""
+    identifiers = {**tables.identifiers(settings), "source": source}
+    return db.compose(f"{db.STEPS_SQL}observed_pairs_{method}.sql", identifiers)
+
+
+def _pairs_by_partition(
+    cur: psycopg.Cursor[Any], settings: Settings, tables: StagingTables, window: Window, forced: str | None
+) -> tuple[sql.Composable, dict[str, int]]:
+    """The UNION of every overlapping partition's pairs, each read its own way; the count of each way."""
+    overlapping = partitions.overlapping(cur, settings, window)
+    unreadable = [partition.name for partition in overlapping if not partition.readable]
+    if unreadable:  # partitions carry privileges of their own: read them through the parent instead
+        log.warning(
+            "Cannot read partitions %s directly (GRANT SELECT on them, as on the measurements table, to find the "
+            "pairs partition by partition): scanning the window through %s",
+            ", ".join(unreadable),
+            settings.measurements_table,
+        )
+        return _pairs_of(settings.measurements_identifier, WINDOW_SCAN, settings, tables), {WINDOW_SCAN: 1}
+    if not overlapping:
+        log.info("No partition of %s overlaps the window", settings.measurements_table)
+        return _pairs_of(settings.measurements_identifier, WINDOW_SCAN, settings, tables), {}
+    counts: dict[str, int] = {}
+    parts = []
+    for partition in overlapping:
+        method = forced if forced and (forced == WINDOW_SCAN or partition.has_pair_index) else partition.method
+        log.info(
+            "Partition %s",
+            partition.describe() if method == partition.method else f"{partition.name}: {method} (forced)",
+        )
+        counts[method] = counts.get(method, 0) + 1
+        source = sql.SQL("ONLY {}").format(sql.Identifier(partition.schema, partition.table))
+        parts.append(sql.SQL("({})").format(_pairs_of(source, method, settings, tables)))
+    return sql.SQL("\nUNION\n").join(parts), counts
 
 
 def aggregate_recent_measurements(
@@ -98,7 +139,9 @@ def aggregate_recent_measurements(
 
     The active devices are split into ``shards`` by a hash of their id; each shard is one mapped task with its
     own staging table, which :func:`resolve_parameter_names` combines. ``method`` (tests and the benchmark
-    only) overrides the catalog's choice between the skip scan and the window scan.
+    only) overrides the catalog's choice: the skip scan or the window scan of the whole table, or, by
+    partition, every partition with an index by the skip scan (``by_partition:skip_scan``) or every one by
+    the window scan (``by_partition:window_scan``).
     """
     if not 0 <= shard < shards:
         raise ValueError(f"shard {shard} is not one of the {shards} aggregation shards")
@@ -107,11 +150,16 @@ def aggregate_recent_measurements(
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
         method = method or pair_method(cur, settings)
         log.info("Finding the window's pairs by %s (shard %d of %d)", method.replace("_", " "), shard + 1, shards)
-        sql_file = "aggregate_recent_measurements_skip_scan" if method == SKIP_SCAN else None
+        by_partition: dict[str, int] = {}
+        if method.startswith(BY_PARTITION):
+            forced = method.partition(":")[2] or None
+            pairs, by_partition = _pairs_by_partition(cur, settings, tables, window, forced)
+        else:
+            pairs = _pairs_of(settings.measurements_identifier, method, settings, tables)
         params = {**window.as_params(), "shard": shard, "shards": shards}
         table = staging.shard_table(shard, shards)
         staging.rebuild(
-            cur, "observed_pairs", tables, settings, params, sql_file=sql_file, table=table, statistics=False
+            cur, "observed_pairs", tables, settings, params, table=table, statistics=False, extra={"pairs": pairs}
         )
         counts = db.fetch_one_dict(
             cur,
@@ -119,7 +167,10 @@ def aggregate_recent_measurements(
                 f"{db.STEPS_SQL}aggregate_recent_measurements_summary.sql", {"observed_pairs": tables.table(table)}
             ),
         )
-    return {"shard": shard, "shards": shards, "method": method, "shard_pairs": int(counts["observed_pairs"])}
+    summary = {"shard": shard, "shards": shards, "method": method, "shard_pairs": int(counts["observed_pairs"])}
+    if method.startswith(BY_PARTITION):
+        summary["partitions_by_method"] = by_partition
+    return summary
 
 
 def resolve_parameter_names(

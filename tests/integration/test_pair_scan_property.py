@@ -188,10 +188,9 @@ def test_the_method_follows_the_indexes_in_the_catalog(
     ],
     ids=["partitioned", "inherited-chunks"],
 )
-def test_partitioned_measurements_use_the_window_scan_even_with_the_index(
-    conn: psycopg.Connection[Any], layout: str
-) -> None:
-    """Every probe of a skip scan would visit every partition; the window scan prunes them by time."""
+def test_partitioned_measurements_are_read_partition_by_partition(conn: psycopg.Connection[Any], layout: str) -> None:
+    """Every probe of a skip scan on the parent would visit every partition: each partition that overlaps the
+    window is read on its own (here one tiny partition: by the window scan, the cheaper there)."""
     execute(conn, "DROP TABLE iot_data.measurements; " + layout)
     execute(conn, PAIR_INDEX)
     add_devices(conn, ("d1", "Device 1", True))
@@ -202,7 +201,9 @@ def test_partitioned_measurements_use_the_window_scan_even_with_the_index(
 
     summary = sync.aggregate_recent_measurements(conn, config, staging, WINDOW)
 
-    assert (summary["method"], summary["shard_pairs"]) == (sync.WINDOW_SCAN, 1)
+    assert (summary["method"], summary["shard_pairs"]) == (sync.BY_PARTITION, 1)
+    # An inheritance parent may hold rows of its own: it is read (ONLY itself) like a partition.
+    assert summary["partitions_by_method"] == {sync.WINDOW_SCAN: 1 if "PARTITION BY" in layout else 2}
     drop_tables(conn, config, staging)
 
 
@@ -222,14 +223,13 @@ def test_the_skip_scan_probes_the_index_instead_of_reading_the_window(
     config = load_settings()
     staging = StagingTables.for_run(config.staging_schema, "dag", "explain")
     sync.discover_active_devices(conn, config, staging)
-    identifiers = {**staging.identifiers(config), "observed_pairs": staging.table("explained")}
+    identifiers = {**staging.identifiers(config), "source": staging.identifiers(config)["measurements"]}
 
     def rows_read(sql_file: str) -> int:
         """Rows that the plan's scans of the measurements table returned, from EXPLAIN ANALYZE."""
         statement = psycopg.sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + db.compose(sql_file, identifiers)
         with conn.transaction():
             ((plan,),) = conn.execute(statement, {**WINDOW.as_params(), "shard": 0, "shards": 1}).fetchall()
-            conn.execute(psycopg.sql.SQL("DROP TABLE {}").format(staging.table("explained")))
 
         def walk(node: dict[str, Any]) -> int:
             own = node.get("Actual Rows", 0) * node.get("Actual Loops", 1)
@@ -238,9 +238,73 @@ def test_the_skip_scan_probes_the_index_instead_of_reading_the_window(
 
         return walk(plan[0]["Plan"])
 
-    skip_scan = rows_read(f"{db.STEPS_SQL}aggregate_recent_measurements_skip_scan.sql")
-    window_scan = rows_read(f"{db.STEPS_SQL}aggregate_recent_measurements.sql")
+    skip_scan = rows_read(f"{db.STEPS_SQL}observed_pairs_skip_scan.sql")
+    window_scan = rows_read(f"{db.STEPS_SQL}observed_pairs_window_scan.sql")
 
     assert skip_scan <= 5
     assert window_scan >= 5000
+    drop_tables(conn, config, staging)
+
+
+# Native partitions whose bounds fall on the window's edges: before the window, its first half, its second half
+# (hash sub-partitions by device), and a DEFAULT partition that takes the window's end, later rows and NULL times.
+NATIVE_PARTITIONS = f"""
+DROP TABLE iot_data.measurements;
+CREATE TABLE iot_data.measurements
+    (device_id TEXT, parameter_id TEXT, "time" TIMESTAMPTZ, value DOUBLE PRECISION) PARTITION BY RANGE ("time");
+CREATE TABLE iot_data.measurements_before PARTITION OF iot_data.measurements
+    FOR VALUES FROM (MINVALUE) TO ('{START.isoformat()}');
+CREATE TABLE iot_data.measurements_first_half PARTITION OF iot_data.measurements
+    FOR VALUES FROM ('{START.isoformat()}') TO ('{(START + timedelta(minutes=30)).isoformat()}');
+CREATE TABLE iot_data.measurements_second_half PARTITION OF iot_data.measurements
+    FOR VALUES FROM ('{(START + timedelta(minutes=30)).isoformat()}') TO ('{END.isoformat()}')
+    PARTITION BY HASH (device_id);
+CREATE TABLE iot_data.measurements_second_half_0 PARTITION OF iot_data.measurements_second_half
+    FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+CREATE TABLE iot_data.measurements_second_half_1 PARTITION OF iot_data.measurements_second_half
+    FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+CREATE TABLE iot_data.measurements_default PARTITION OF iot_data.measurements DEFAULT;
+{PAIR_INDEX};
+"""
+PARTITION_TIMES = [*TIMES, START + timedelta(minutes=30) - MICROSECOND, START + timedelta(minutes=30)]
+
+
+@st.composite
+def partitioned_fleets(draw: st.DrawFn) -> tuple[list[Any], list[Any]]:
+    devices, measurements = draw(fleets())
+    extra = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from([d for d, _, _ in devices] or DEVICE_IDS),
+                st.sampled_from(PARAMETER_IDS),
+                st.sampled_from(PARTITION_TIMES),
+            ),
+            max_size=10,
+        )
+    )
+    return devices, measurements + extra
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60, deadline=None, database=None)
+@given(fleet=partitioned_fleets(), shards=st.sampled_from([1, 2, 3]))
+def test_native_partitions_stage_exactly_the_plain_querys_pairs_by_every_method(
+    conn: psycopg.Connection[Any], fleet: tuple[list[Any], list[Any]], shards: int
+) -> None:
+    execute(conn, NATIVE_PARTITIONS)
+    devices, measurements = fleet
+    add_devices(conn, *devices)
+    add_measurements(conn, *measurements)
+    config = load_settings()
+    staging = StagingTables.for_run(config.staging_schema, "dag", "partitions")
+    sync.discover_active_devices(conn, config, staging)
+
+    (plain,) = staged_pairs(conn, staging, sync.WINDOW_SCAN, 1)  # the window scan of the parent
+    for method in (
+        sync.BY_PARTITION,
+        f"{sync.BY_PARTITION}:{sync.SKIP_SCAN}",
+        f"{sync.BY_PARTITION}:{sync.WINDOW_SCAN}",
+    ):
+        split = staged_pairs(conn, staging, method, shards)
+        assert sum(split, Counter()) == plain, method
+        assert all(count == 1 for shard in split for count in shard.values()), method
     drop_tables(conn, config, staging)

@@ -151,4 +151,7 @@ def test_configured_measurements_table_and_time_column_plain_and_partitioned_agr
         ("d2", "p1"): ("Device 2", "Temp"),
     }
     assert results["plain"][0] == expected
-    assert results["partitioned"] == results["plain"]
+    assert results["partitioned"][0] == expected
+    (plain, plain_summary), (_, partitioned_summary) = results["plain"], results["partitioned"]
+    assert (plain_summary.pop("method"), partitioned_summary.pop("method")) == ("window_scan", "by_partition")
+    assert partitioned_summary == plain_summary

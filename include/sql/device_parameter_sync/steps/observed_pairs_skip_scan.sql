@@ -1,5 +1,6 @@
--- Loose index scan ("skip scan"): the same pairs as aggregate_recent_measurements.sql, found by stepping
--- through an index on (device_id, parameter_id, time) instead of reading the window's rows. Its cost is a
+-- Loose index scan ("skip scan"): the same pairs as observed_pairs_window_scan.sql, found by stepping
+-- through an index on (device_id, parameter_id, time) of the source (the measurements table, or ONLY one
+-- partition of it) instead of reading the window's rows. Its cost is a
 -- few index probes per distinct pair stored in the index, whatever the window's length or row count:
 --   devices: one probe per distinct device id (the next id after the previous one);
 --   params:  for each active device of this shard, one probe per distinct parameter id, which also reads
@@ -7,12 +8,11 @@
 -- Every probe is an ORDER BY ... LIMIT 1 subquery (in a LATERAL join or a CASE) on purpose: the planner
 -- flattens a top-level EXISTS into a hash semi-join over the whole window, which defeats the skip scan.
 -- Pairs with a NULL parameter (per active device) or a NULL device (shard 0) are kept, to be counted.
-CREATE UNLOGGED TABLE {observed_pairs} AS
 WITH RECURSIVE devices AS (
-    (SELECT m.device_id FROM {measurements} AS m
+    (SELECT m.device_id FROM {source} AS m
      WHERE m.device_id IS NOT NULL ORDER BY m.device_id LIMIT 1)
     UNION ALL
-    SELECT (SELECT m.device_id FROM {measurements} AS m
+    SELECT (SELECT m.device_id FROM {source} AS m
             WHERE m.device_id > devices.device_id ORDER BY m.device_id LIMIT 1)
     FROM devices
     WHERE devices.device_id IS NOT NULL
@@ -30,14 +30,14 @@ FROM shard_devices AS d
 CROSS JOIN LATERAL (
     -- Backwards through the device's parameters: each probe lands on the next parameter's newest row.
     WITH RECURSIVE params AS (
-        (SELECT m.parameter_id, m.{time_column} AS newest FROM {measurements} AS m
+        (SELECT m.parameter_id, m.{time_column} AS newest FROM {source} AS m
          WHERE m.device_id = d.device_id AND m.parameter_id IS NOT NULL
          ORDER BY m.parameter_id DESC, m.{time_column} DESC LIMIT 1)
         UNION ALL
         SELECT previous.parameter_id, previous.newest
         FROM params
         CROSS JOIN LATERAL (
-            SELECT m.parameter_id, m.{time_column} AS newest FROM {measurements} AS m
+            SELECT m.parameter_id, m.{time_column} AS newest FROM {source} AS m
             WHERE m.device_id = d.device_id AND m.parameter_id < params.parameter_id
             ORDER BY m.parameter_id DESC, m.{time_column} DESC LIMIT 1
         ) AS previous
@@ -49,7 +49,7 @@ CROSS JOIN LATERAL (
     WHERE CASE
               WHEN params.newest < %(window_end)s THEN params.newest >= %(window_start)s
               ELSE EXISTS (
-                  SELECT 1 FROM {measurements} AS m
+                  SELECT 1 FROM {source} AS m
                   WHERE m.device_id = d.device_id AND m.parameter_id = params.parameter_id
                     AND m.{time_column} >= %(window_start)s AND m.{time_column} < %(window_end)s)
           END
@@ -58,14 +58,14 @@ UNION ALL
 SELECT d.device_id::text, NULL
 FROM shard_devices AS d
 CROSS JOIN LATERAL (
-    SELECT 1 FROM {measurements} AS m
+    SELECT 1 FROM {source} AS m
     WHERE m.device_id = d.device_id AND m.parameter_id IS NULL
       AND m.{time_column} >= %(window_start)s AND m.{time_column} < %(window_end)s
     LIMIT 1
 ) AS hit
 UNION ALL
 SELECT DISTINCT NULL::text, m.parameter_id::text
-FROM {measurements} AS m
+FROM {source} AS m
 WHERE m.device_id IS NULL
   AND m.{time_column} >= %(window_start)s AND m.{time_column} < %(window_end)s
-  AND %(shard)s::int = 0;
+  AND %(shard)s::int = 0
