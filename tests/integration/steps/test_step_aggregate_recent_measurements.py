@@ -152,6 +152,6 @@ def test_configured_measurements_table_and_time_column_plain_and_partitioned_agr
     }
     assert results["plain"][0] == expected
     assert results["partitioned"][0] == expected
-    (plain, plain_summary), (_, partitioned_summary) = results["plain"], results["partitioned"]
+    plain_summary, partitioned_summary = results["plain"][1], results["partitioned"][1]
     assert (plain_summary.pop("method"), partitioned_summary.pop("method")) == ("window_scan", "by_partition")
     assert partitioned_summary == plain_summary
