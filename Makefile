@@ -11,7 +11,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 VENV := $(CURDIR)/.venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: venv demo test test-unit test-compose lint lock clean airflow airflow-stop deploy-monitoring bench dist deploy migrate
+.PHONY: venv demo test test-unit test-compose test-timescaledb lint lock clean airflow airflow-stop deploy-monitoring bench dist deploy migrate
 DIST ?= $(CURDIR)/dist
 
 venv: $(VENV)/.installed
@@ -80,6 +80,12 @@ test-unit: venv
 test-compose: venv
 	scripts/ensure_compose_tools.sh
 	$(VENV)/bin/pytest tests/compose
+
+# The TimescaleDB tests (tests/timescaledb): hypertables, compressed chunks included, on a throwaway server of
+# their own with the extension preloaded. Builds the extension from source first when it is missing.
+test-timescaledb: venv
+	scripts/ensure_timescaledb.sh
+	$(VENV)/bin/pytest tests/timescaledb
 
 # The benchmark (not part of the test suite): bench/results/latest.{json,md,png}. About 15 minutes at full
 # scale, as root with cold runs. Options: make bench BENCH_ARGS="--scale 0.05 --warm 1 --no-cold".

@@ -44,6 +44,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from throwaway_postgres import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
@@ -56,12 +57,6 @@ CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"
 def worker_name(number: int) -> str:
     """The component name of Celery worker ``number`` (1-based); also the first part of its hostnames."""
     return f"worker{number}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def airflow_uri(conninfo: str) -> str:

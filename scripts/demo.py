@@ -14,11 +14,9 @@ FORCE_DROP=1``) drops it anyway, disconnecting those sessions.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +41,7 @@ from airflow_stack import (  # noqa: E402
     free_port,
     recreate_database,
 )
+from throwaway_postgres import throwaway_cluster  # noqa: E402
 
 from device_sync import metrics  # noqa: E402
 from device_sync.demo import load_demo_fleet  # noqa: E402
@@ -62,53 +61,6 @@ def reachable(url: str) -> bool:
         return True
     except psycopg.Error:
         return False
-
-
-def postgres_bin(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
-    if not found:
-        raise SystemExit(f"No PostgreSQL found: set DEVICE_SYNC_DATABASE_URL or install PostgreSQL ({name} missing).")
-    return found
-
-
-@contextmanager
-def throwaway_cluster() -> Iterator[str]:
-    """A temporary PostgreSQL cluster on a free port, run as the postgres user when we are root."""
-    data = Path(tempfile.mkdtemp(prefix="device-sync-demo-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(data, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    subprocess.run(
-        [*as_user, postgres_bin("initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    pg_ctl = postgres_bin("pg_ctl")
-    subprocess.run(
-        [
-            *as_user,
-            pg_ctl,
-            "-D",
-            str(data / "db"),
-            "-l",
-            str(data / "log"),
-            "-w",
-            "-o",
-            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
-            "start",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*as_user, pg_ctl, "-D", str(data / "db"), "-m", "fast", "stop"], check=False, stdout=subprocess.DEVNULL
-        )
-        shutil.rmtree(data, ignore_errors=True)
 
 
 @contextmanager

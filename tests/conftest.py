@@ -1,11 +1,13 @@
 """Shared fixtures: a real PostgreSQL database per test session, a real Airflow, a real moto server.
 
-The tests live in four folders, each marked by its name (``pytest -m unit`` works as well as ``pytest tests/unit``):
+The tests live in five folders, each marked by its name (``pytest -m unit`` works as well as ``pytest tests/unit``):
 
 - ``tests/unit``: pure logic; no database, no Airflow stack, no network (``make test-unit``);
 - ``tests/integration``: real PostgreSQL, ``dag.test()``, moto, the plugin's API in-process, PgBouncer, the wheel;
 - ``tests/e2e``: a real Airflow stack (api-server, scheduler, ..., Celery workers) and a real browser;
-- ``tests/compose``: docker-compose.yaml run for real with podman (``make test-compose``; not in ``make test``).
+- ``tests/compose``: docker-compose.yaml run for real with podman (``make test-compose``; not in ``make test``);
+- ``tests/timescaledb``: TimescaleDB hypertables on a throwaway server (``make test-timescaledb``; not in
+  ``make test``).
 
 The suite never skips database tests: if PostgreSQL is unreachable and any selected test is not a unit test,
 the run stops before the first test with a message saying how to get it. A unit-only run never connects.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +53,7 @@ for _name in list(os.environ):
 sys.path.insert(0, str(REPO / "plugins"))
 sys.path.insert(0, str(REPO / "scripts"))
 from airflow_stack import airflow_uri, free_port  # noqa: E402  (shared with make demo / make airflow)
+from throwaway_postgres import postgres_bin, throwaway_cluster  # noqa: E402
 
 psycopg_url_to_airflow_uri = airflow_uri
 
@@ -61,7 +65,8 @@ HOW_TO_GET_POSTGRES = (
 
 
 TESTS = Path(__file__).resolve().parent
-KINDS = ("unit", "integration", "e2e", "compose")  # the folders under tests/, and the marker of every test in each
+# The folders under tests/, and the marker of every test in each.
+KINDS = ("unit", "integration", "e2e", "compose", "timescaledb")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
@@ -73,9 +78,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         kind = path.relative_to(TESTS).parts[0]
         if kind not in KINDS:
-            raise pytest.UsageError(
-                f"{path}: a test module belongs in tests/unit, tests/integration, tests/e2e or tests/compose"
-            )
+            raise pytest.UsageError(f"{path}: a test module belongs in one of the folders tests/{{{','.join(KINDS)}}}")
         item.add_marker(getattr(pytest.mark, kind))
 
 
@@ -266,3 +269,48 @@ class Worker(threading.Thread):
             self.result = self._call()
         except BaseException as error:  # reported to the test thread
             self.error = error
+
+
+# --- TimescaleDB (tests/timescaledb, `make test-timescaledb`) -------------------------------------------------
+# A throwaway server from the machine's PostgreSQL binaries with TimescaleDB preloaded (the machine's own server
+# is never restarted), on a free port, deleted at the end.
+TIMESCALEDB_SETTINGS = {"shared_preload_libraries": "timescaledb", "timescaledb.telemetry_level": "off"}
+
+
+def timescaledb_installed() -> bool:
+    sharedir = subprocess.run(
+        [postgres_bin("pg_config"), "--sharedir"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+    return (Path(sharedir) / "extension" / "timescaledb.control").exists()
+
+
+@pytest.fixture(scope="session")
+def timescaledb_server() -> Iterator[str]:
+    """The admin URL of a server with TimescaleDB preloaded."""
+    if not timescaledb_installed():
+        pytest.fail(
+            "TimescaleDB is not installed for this machine's PostgreSQL: run `make test-timescaledb`, which builds "
+            "it (scripts/ensure_timescaledb.sh)",
+            pytrace=False,
+        )
+    with throwaway_cluster(TIMESCALEDB_SETTINGS, prefix="device-sync-timescaledb-") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def timescaledb_url(timescaledb_server: str) -> Iterator[str]:
+    """A database of its own with the extension created, for this test session."""
+    name = f"device_sync_test_ts_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(timescaledb_server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = psycopg.conninfo.make_conninfo(timescaledb_server, dbname=name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    yield url
+
+
+@pytest.fixture
+def ts_conn(timescaledb_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(timescaledb_url) as connection:
+        reset_sources(connection)
+        yield connection

@@ -53,6 +53,10 @@ class Partition:
     parameter_n_distinct: float | None
     has_pair_index: bool
     readable: bool = True
+    # Read by a custom scan (a compressed TimescaleDB chunk: its rows live in another table, decompressed on read)
+    custom_scan: bool = False
+    # The measurements table itself, an inheritance parent with rows of its own: read ONLY its own rows
+    is_parent: bool = False
 
     @property
     def name(self) -> str:
@@ -82,15 +86,22 @@ class Partition:
         return None if devices is None or pairs is None else devices + 2 * pairs
 
     @property
+    def source(self) -> sql.Composable:
+        """How a query names it: a leaf as it is (a compressed chunk decompresses only so), a parent ONLY."""
+        identifier = sql.Identifier(self.schema, self.table)
+        return sql.SQL("ONLY {}").format(identifier) if self.is_parent else identifier
+
+    @property
     def method(self) -> str:
         probes = self.probes
-        if not self.has_pair_index or probes is None:
+        if not self.has_pair_index or probes is None or self.custom_scan:
             return WINDOW_SCAN
         return SKIP_SCAN if probes * PROBE_COST_ROWS < self.window_rows else WINDOW_SCAN
 
     def describe(self) -> str:
         probes = "unknown (no statistics)" if self.probes is None else f"{self.probes:,.0f}"
         index = "" if self.has_pair_index else ", no (device_id, parameter_id, time) index"
+        index += ", compressed (read through TimescaleDB's decompression)" if self.custom_scan else ""
         rows = f"~{self.window_rows:,.0f} rows in the window"
         return f"{self.name}: {self.method.replace('_', ' ')} ({rows}, probes {probes}{index})"
 
@@ -105,10 +116,11 @@ def is_partitioned(cur: psycopg.Cursor[Any], settings: Settings) -> bool:
     return bool(row["partitioned"])
 
 
-def _scanned_relations(plan: Mapping[str, Any]) -> Iterator[tuple[str, str, float]]:
-    """(schema, table, estimated rows) of every relation a plan node reads, depth first."""
+def _scanned_relations(plan: Mapping[str, Any]) -> Iterator[tuple[str, str, float, bool]]:
+    """(schema, table, estimated rows, read by a custom scan) of every relation a plan node reads."""
     if "Relation Name" in plan and "Schema" in plan:
-        yield str(plan["Schema"]), str(plan["Relation Name"]), float(plan.get("Plan Rows", 0))
+        custom = plan.get("Node Type") == "Custom Scan"
+        yield str(plan["Schema"]), str(plan["Relation Name"]), float(plan.get("Plan Rows", 0)), custom
     for child in plan.get("Plans", []):
         yield from _scanned_relations(child)
 
@@ -129,8 +141,11 @@ def overlapping(cur: psycopg.Cursor[Any], settings: Settings, window: Window) ->
         raise RuntimeError("EXPLAIN returned no plan")
     plan = row[0]
     estimates: dict[tuple[str, str], float] = {}
-    for schema, table, rows in _scanned_relations(plan[0]["Plan"]):
+    custom: set[tuple[str, str]] = set()
+    for schema, table, rows, custom_scan in _scanned_relations(plan[0]["Plan"]):
         estimates[(schema, table)] = estimates.get((schema, table), 0.0) + rows
+        if custom_scan:
+            custom.add((schema, table))
     if not estimates:
         return []
     cur.execute(
@@ -156,6 +171,8 @@ def overlapping(cur: psycopg.Cursor[Any], settings: Settings, window: Window) ->
                 parameter_n_distinct=row["parameter_n_distinct"],
                 has_pair_index=row["has_pair_index"],
                 readable=row["readable"],
+                custom_scan=(row["schema_name"], row["table_name"]) in custom,
+                is_parent=row["is_parent"],
             )
         )
     return partitions

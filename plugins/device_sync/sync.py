@@ -114,14 +114,14 @@ def _pairs_by_partition(
     counts: dict[str, int] = {}
     parts = []
     for partition in overlapping:
-        method = forced if forced and (forced == WINDOW_SCAN or partition.has_pair_index) else partition.method
+        usable = forced == WINDOW_SCAN or (partition.has_pair_index and not partition.custom_scan)
+        method = forced if forced and usable else partition.method
         log.info(
             "Partition %s",
             partition.describe() if method == partition.method else f"{partition.name}: {method} (forced)",
         )
         counts[method] = counts.get(method, 0) + 1
-        source = sql.SQL("ONLY {}").format(sql.Identifier(partition.schema, partition.table))
-        parts.append(sql.SQL("({})").format(_pairs_of(source, method, settings, tables)))
+        parts.append(sql.SQL("({})").format(_pairs_of(partition.source, method, settings, tables)))
     return sql.SQL("\nUNION\n").join(parts), counts
 
 

@@ -266,6 +266,8 @@ CREATE TABLE iot_data.measurements_second_half_1 PARTITION OF iot_data.measureme
 CREATE TABLE iot_data.measurements_default PARTITION OF iot_data.measurements DEFAULT;
 {PAIR_INDEX};
 """
+# The partition-by-partition choice, and each way forced on every partition that allows it.
+PARTITION_METHODS = (sync.BY_PARTITION, *(f"{sync.BY_PARTITION}:{way}" for way in (sync.SKIP_SCAN, sync.WINDOW_SCAN)))
 PARTITION_TIMES = [*TIMES, START + timedelta(minutes=30) - MICROSECOND, START + timedelta(minutes=30)]
 
 

@@ -1,5 +1,5 @@
 -- Loose index scan ("skip scan"): the same pairs as observed_pairs_window_scan.sql, found by stepping
--- through an index on (device_id, parameter_id, time) of the source (the measurements table, or ONLY one
+-- through an index on (device_id, parameter_id, time) of the source (the measurements table, or one
 -- partition of it) instead of reading the window's rows. Its cost is a
 -- few index probes per distinct pair stored in the index, whatever the window's length or row count:
 --   devices: one probe per distinct device id (the next id after the previous one);

@@ -1,4 +1,4 @@
--- Window scan: the distinct (device, parameter) pairs of the source (the measurements table, or ONLY one
+-- Window scan: the distinct (device, parameter) pairs of the source (the measurements table, or one
 -- partition of it) measured in the window [window_start, window_end), for this shard's active devices (plus
 -- pairs with a NULL device id, in shard 0, so they can be counted). Used where there is no
 -- (device_id, parameter_id, time) index or too few rows per pair: its cost grows with the rows of the window,

@@ -4,7 +4,7 @@
 --   reltuples, and the n_distinct of device_id and parameter_id (pg_stats; negative = a share of the rows),
 --   whether it has its own valid btree on (device_id, parameter_id, time) for a loose index scan,
 --   whether this session may read it directly (partitions carry privileges of their own),
---   whether it is a compressed TimescaleDB chunk (its rows live in another table).
+--   whether it is the measurements table itself (an inheritance parent with rows of its own).
 -- Only descendants of the measurements table count (a compressed chunk's own table is not one), and the
 -- parent itself when it is an inheritance parent with rows of its own (relkind 'r').
 WITH RECURSIVE descendants AS (
@@ -23,6 +23,7 @@ SELECT c.oid::regclass::text AS relation,
         WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'parameter_id'
         ORDER BY s.inherited LIMIT 1) AS parameter_n_distinct,
        has_table_privilege(c.oid, 'SELECT') AS readable,
+       c.oid = %(measurements)s::regclass AS is_parent,
        EXISTS (
            SELECT 1
            FROM pg_index AS i
