@@ -11,6 +11,7 @@ runs them all in order (the demo and the tests).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -94,6 +95,12 @@ def _pairs_of(source: sql.Composable, method: str, settings: Settings, tables: S
     return db.compose(f"{db.STEPS_SQL}observed_pairs_{method}.sql", identifiers)
 
 
+def _partition_method(partition: partitions.Partition, forced: str | None) -> str:
+    """The partition's own choice, or the forced one where the partition allows it (tests, the benchmark)."""
+    usable = forced == WINDOW_SCAN or (partition.has_pair_index and not partition.custom_scan)
+    return forced if forced and usable else partition.method
+
+
 def _pairs_by_partition(
     cur: psycopg.Cursor[Any], settings: Settings, tables: StagingTables, window: Window, forced: str | None
 ) -> tuple[sql.Composable, dict[str, int]]:
@@ -111,17 +118,16 @@ def _pairs_by_partition(
     if not overlapping:
         log.info("No partition of %s overlaps the window", settings.measurements_table)
         return _pairs_of(settings.measurements_identifier, WINDOW_SCAN, settings, tables), {}
-    counts: dict[str, int] = {}
-    parts = []
-    for partition in overlapping:
-        usable = forced == WINDOW_SCAN or (partition.has_pair_index and not partition.custom_scan)
-        method = forced if forced and usable else partition.method
-        log.info(
-            "Partition %s",
-            partition.describe() if method == partition.method else f"{partition.name}: {method} (forced)",
-        )
-        counts[method] = counts.get(method, 0) + 1
-        parts.append(sql.SQL("({})").format(_pairs_of(partition.source, method, settings, tables)))
+    chosen = [(partition, _partition_method(partition, forced)) for partition in overlapping]
+    for partition, method in chosen:
+        forced_note = "" if method == partition.method else f" (forced: {method.replace('_', ' ')})"
+        log.info("Partition %s%s", partition.describe(), forced_note)
+    counts = dict(Counter(method for _, method in chosen))
+    if forced is None and set(counts) == {WINDOW_SCAN}:
+        # One DISTINCT over the parent reads the same partitions (pruned), hashes once and may run in parallel.
+        log.info("Every partition by window scan: one scan of %s", settings.measurements_table)
+        return _pairs_of(settings.measurements_identifier, WINDOW_SCAN, settings, tables), counts
+    parts = [sql.SQL("({})").format(_pairs_of(p.source, method, settings, tables)) for p, method in chosen]
     return sql.SQL("\nUNION\n").join(parts), counts
 
 
