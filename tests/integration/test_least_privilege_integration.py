@@ -20,7 +20,7 @@ from psycopg import errors, sql
 from conftest import ADMIN_URL, REPO, psycopg_url_to_airflow_uri, reset_sources, run_dag_test
 from device_sync import sync
 from device_sync.config import Settings
-from device_sync.staging import StagingTables
+from device_sync.staging import StagingTables, drop_tables
 from device_sync.window import Window
 
 DAG_ID = "device_parameter_sync"
@@ -298,6 +298,57 @@ def test_the_grants_follow_custom_tables_and_remove_privileges_granted_by_hand(
         ):
             with pytest.raises(errors.InsufficientPrivilege):
                 conn.execute(statement)
+
+
+def test_partitions_are_granted_and_a_later_one_is_read_through_the_parent(
+    make_login: Callable[..., str], fresh_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The grants cover the partitions that exist, which the login reads one by one; a partition created
+    after the grants (no SELECT on it yet) makes the run warn and scan the window through the parent."""
+    url = fresh_database
+    settings = Settings()
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "CREATE SCHEMA iot_data;"
+            "CREATE TABLE iot_data.redshift_devices (device_id TEXT, device_name TEXT, status BOOLEAN);"
+            "CREATE TABLE iot_data.timescale_parameters (parameter_id TEXT, parameter_name TEXT);"
+            'CREATE TABLE iot_data.measurements (device_id TEXT, parameter_id TEXT, "time" TIMESTAMPTZ)'
+            ' PARTITION BY RANGE ("time");'
+            "CREATE TABLE iot_data.measurements_old PARTITION OF iot_data.measurements"
+            " FOR VALUES FROM (MINVALUE) TO ('2026-11-30 11:30+00');"
+            "CREATE TABLE iot_data.measurements_default PARTITION OF iot_data.measurements DEFAULT;"
+            "INSERT INTO iot_data.redshift_devices VALUES ('d1', 'Device 1', true);"
+            "INSERT INTO iot_data.timescale_parameters VALUES ('p1', 'Temperature'), ('p2', 'Voltage');"
+        )
+        admin.execute(
+            "INSERT INTO iot_data.measurements VALUES ('d1', 'p1', %s), ('d1', 'p2', %s)",
+            (T - timedelta(minutes=50), T - timedelta(minutes=5)),
+        )
+        sync.ensure_schema(admin, settings)
+    run_grants(url)
+    login = make_login()
+    staging = StagingTables.for_run(settings.staging_schema, DAG_ID, "partitions")
+    with psycopg.connect(with_user(url, login), autocommit=True) as conn:
+        sync.discover_active_devices(conn, settings, staging)
+        summary = sync.aggregate_recent_measurements(conn, settings, staging, Window.ending_at(T, 60))
+        assert summary["partitions_by_method"] == {"window_scan": 2} and summary["shard_pairs"] == 2
+        readable = "SELECT has_table_privilege(%s, 'SELECT')"
+        for partition in ("iot_data.measurements_old", "iot_data.measurements_default"):
+            assert conn.execute(readable, (partition,)).fetchone() == (True,), partition
+
+    with psycopg.connect(url, autocommit=True) as admin:  # a new partition, created after the grants
+        admin.execute(
+            "CREATE TABLE iot_data.measurements_new (LIKE iot_data.measurements);"
+            "ALTER TABLE iot_data.measurements DETACH PARTITION iot_data.measurements_default;"
+            "ALTER TABLE iot_data.measurements ATTACH PARTITION iot_data.measurements_new"
+            " FOR VALUES FROM ('2026-11-30 11:30+00') TO ('2026-12-01');"
+        )
+        admin.execute("INSERT INTO iot_data.measurements VALUES ('d1', 'p2', %s)", (T - timedelta(minutes=4),))
+    with psycopg.connect(with_user(url, login), autocommit=True) as conn, caplog.at_level("WARNING"):
+        summary = sync.aggregate_recent_measurements(conn, settings, staging, Window.ending_at(T, 60))
+        assert summary["partitions_by_method"] == {"window_scan": 1} and summary["shard_pairs"] == 2
+        drop_tables(conn, settings, staging)
+    assert any("iot_data.measurements_new" in record.getMessage() for record in caplog.records)
 
 
 def test_the_grants_refuse_a_role_that_owns_what_it_must_not_alter(fresh_database: str) -> None:

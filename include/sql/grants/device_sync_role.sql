@@ -42,8 +42,8 @@
 -- The schemas, the source tables, the target table and the history tables belong to the admin: the role
 -- cannot ALTER, DROP or TRUNCATE any of them, and the script refuses to run if device_sync owns one.
 -- No default privileges are needed: the only tables created later are the staging tables, created and
--- owned by device_sync itself, and partitions or hypertable chunks of the measurements table are read
--- through their parent, whose SELECT is checked. The script warns if default privileges exist that would
+-- owned by device_sync itself. Partitions and hypertable chunks of the measurements table are read one by one
+-- (each through its own index): the script grants SELECT on each existing one (see below for later ones). The script warns if default privileges exist that would
 -- give device_sync more. Privileges every role gets through PUBLIC (by default CONNECT and TEMPORARY on
 -- the database) are a database-wide policy and are left alone.
 
@@ -157,6 +157,26 @@ BEGIN
         EXECUTE format('GRANT SELECT ON TABLE %s TO device_sync', object);
     END LOOP;
     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE iot_data.device_parameters TO device_sync;
+    -- The partitions (or hypertable chunks) of the measurements table, read one by one to find the pairs
+    -- by their own indexes: SELECT on each existing one (and USAGE on its schema). Partitions created later
+    -- need the same (re-run this file, or let pg_partman's inherit_privileges do it; TimescaleDB copies the
+    -- hypertable's privileges to new chunks); until then the DAG reads them through the parent, slower.
+    FOR object IN
+        WITH RECURSIVE descendants AS (
+            SELECT inhrelid AS relid FROM pg_inherits WHERE inhparent = to_regclass(sources[3])
+            UNION
+            SELECT i.inhrelid FROM pg_inherits AS i JOIN descendants AS d ON i.inhparent = d.relid
+        )
+        SELECT format('GRANT SELECT ON TABLE %s TO device_sync', d.relid::regclass) FROM descendants AS d
+        UNION ALL
+        SELECT DISTINCT format('GRANT USAGE ON SCHEMA %I TO device_sync', n.nspname)
+        FROM descendants AS d
+        JOIN pg_class AS c ON c.oid = d.relid
+        JOIN pg_namespace AS n ON n.oid = c.relnamespace
+        WHERE n.nspname NOT IN ('iot_data', measurements_schema)
+    LOOP
+        EXECUTE object;
+    END LOOP;
 
     EXECUTE format('REVOKE ALL ON SCHEMA %I FROM device_sync', staging);
     EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO device_sync', staging);

@@ -22,7 +22,7 @@ SELECT c.oid::regclass::text AS relation,
        (SELECT s.n_distinct::float8 FROM pg_stats AS s
         WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'parameter_id'
         ORDER BY s.inherited LIMIT 1) AS parameter_n_distinct,
-       has_table_privilege(c.oid, 'SELECT') AS readable,
+       has_table_privilege(c.oid, 'SELECT') AND has_schema_privilege(n.oid, 'USAGE') AS readable,
        c.oid = %(measurements)s::regclass AS is_parent,
        EXISTS (
            SELECT 1
