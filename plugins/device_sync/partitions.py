@@ -55,6 +55,8 @@ class Partition:
     readable: bool = True
     # Read by a custom scan (a compressed TimescaleDB chunk: its rows live in another table, decompressed on read)
     custom_scan: bool = False
+    # Its hypertable's compression segments by device_id and parameter_id: probes land on single batches
+    segmented_by_pair: bool = False
     # The measurements table itself, an inheritance parent with rows of its own: read ONLY its own rows
     is_parent: bool = False
 
@@ -93,15 +95,20 @@ class Partition:
 
     @property
     def method(self) -> str:
+        if self.custom_scan:  # compressed: no statistics of its own; the compression layout decides
+            return SKIP_SCAN if self.has_pair_index and self.segmented_by_pair else WINDOW_SCAN
         probes = self.probes
-        if not self.has_pair_index or probes is None or self.custom_scan:
+        if not self.has_pair_index or probes is None:
             return WINDOW_SCAN
         return SKIP_SCAN if probes * PROBE_COST_ROWS < self.window_rows else WINDOW_SCAN
 
     def describe(self) -> str:
         probes = "unknown (no statistics)" if self.probes is None else f"{self.probes:,.0f}"
         index = "" if self.has_pair_index else ", no (device_id, parameter_id, time) index"
-        index += ", compressed (read through TimescaleDB's decompression)" if self.custom_scan else ""
+        if self.custom_scan:
+            index += ", compressed, " + (
+                "segmented by device_id, parameter_id" if self.segmented_by_pair else "not segmented by the pair"
+            )
         rows = f"~{self.window_rows:,.0f} rows in the window"
         return f"{self.name}: {self.method.replace('_', ' ')} ({rows}, probes {probes}{index})"
 
@@ -142,8 +149,8 @@ def overlapping(cur: psycopg.Cursor[Any], settings: Settings, window: Window) ->
     plan = row[0]
     estimates: dict[tuple[str, str], float] = {}
     custom: set[tuple[str, str]] = set()
-    for schema, table, rows, custom_scan in _scanned_relations(plan[0]["Plan"]):
-        estimates[(schema, table)] = estimates.get((schema, table), 0.0) + rows
+    for schema, table, plan_rows, custom_scan in _scanned_relations(plan[0]["Plan"]):
+        estimates[(schema, table)] = estimates.get((schema, table), 0.0) + plan_rows
         if custom_scan:
             custom.add((schema, table))
     if not estimates:
@@ -158,21 +165,33 @@ def overlapping(cur: psycopg.Cursor[Any], settings: Settings, window: Window) ->
         },
     )
     columns = [column.name for column in cur.description or []]
-    partitions = []
-    for values in cur.fetchall():
-        row = dict(zip(columns, values, strict=True))
-        partitions.append(
-            Partition(
-                schema=row["schema_name"],
-                table=row["table_name"],
-                window_rows=estimates[(row["schema_name"], row["table_name"])],
-                rows=row["reltuples"],
-                device_n_distinct=row["device_n_distinct"],
-                parameter_n_distinct=row["parameter_n_distinct"],
-                has_pair_index=row["has_pair_index"],
-                readable=row["readable"],
-                custom_scan=(row["schema_name"], row["table_name"]) in custom,
-                is_parent=row["is_parent"],
-            )
+    found = [dict(zip(columns, values, strict=True)) for values in cur.fetchall()]
+    segmented = bool(custom) and _segmented_by_pair(cur, settings)
+    return [
+        Partition(
+            schema=row["schema_name"],
+            table=row["table_name"],
+            window_rows=estimates[(row["schema_name"], row["table_name"])],
+            rows=row["reltuples"],
+            device_n_distinct=row["device_n_distinct"],
+            parameter_n_distinct=row["parameter_n_distinct"],
+            has_pair_index=row["has_pair_index"],
+            readable=row["readable"],
+            custom_scan=(row["schema_name"], row["table_name"]) in custom,
+            segmented_by_pair=segmented,
+            is_parent=row["is_parent"],
         )
-    return partitions
+        for row in found
+    ]
+
+
+def _segmented_by_pair(cur: psycopg.Cursor[Any], settings: Settings) -> bool:
+    """Whether the measurements hypertable's compression segments by device_id and parameter_id."""
+    installed = cur.execute("SELECT to_regclass('timescaledb_information.compression_settings') IS NOT NULL").fetchone()
+    if not installed or not installed[0]:
+        return False
+    schema, table = settings.measurements_table.split(".")
+    row = db.fetch_one_dict(
+        cur, db.load_sql(f"{db.STEPS_SQL}compression_segments.sql"), {"schema": schema, "table": table}
+    )
+    return {"device_id", "parameter_id"} <= set(row["segmentby"] or [])

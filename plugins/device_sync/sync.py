@@ -97,7 +97,7 @@ def _pairs_of(source: sql.Composable, method: str, settings: Settings, tables: S
 
 def _partition_method(partition: partitions.Partition, forced: str | None) -> str:
     """The partition's own choice, or the forced one where the partition allows it (tests, the benchmark)."""
-    usable = forced == WINDOW_SCAN or (partition.has_pair_index and not partition.custom_scan)
+    usable = forced == WINDOW_SCAN or partition.has_pair_index
     return forced if forced and usable else partition.method
 
 
