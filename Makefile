@@ -87,10 +87,12 @@ test-timescaledb: venv
 	scripts/ensure_timescaledb.sh
 	$(VENV)/bin/pytest tests/timescaledb
 
-# The benchmark (not part of the test suite): bench/results/latest.{json,md,png}. About 15 minutes at full
-# scale, as root with cold runs. Options: make bench BENCH_ARGS="--scale 0.05 --warm 1 --no-cold".
+# The benchmark (not part of the test suite): bench/results/latest.{json,md,png}, about 15 minutes at full scale,
+# as root with cold runs (options: make bench BENCH_ARGS="--scale 0.05 --warm 1 --no-cold"); then the partitioned
+# cases, bench/results/partitioned.{json,md}, about 5 minutes (PARTITIONED_BENCH_ARGS="--devices 60 --runs 1").
 bench: venv
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+	$(VENV)/bin/python bench/partitioned.py $(PARTITIONED_BENCH_ARGS)
 
 # Re-pin every dependency after editing pyproject.toml's dependencies / requirements-dev.in.
 lock: | $(UV)

@@ -222,3 +222,41 @@ def test_a_change_of_the_shard_count_during_a_run_changes_nothing_in_it(
     assert states[("resolve_parameter_names", -1)] == "success"
     assert len(rows(conn)) > 0
     assert staging_tables(conn) == []
+
+
+DAILY_PARTITIONS = """
+ALTER TABLE iot_data.measurements RENAME TO measurements_plain;
+CREATE TABLE iot_data.measurements (LIKE iot_data.measurements_plain) PARTITION BY RANGE ("time");
+CREATE TABLE iot_data.measurements_20261129 PARTITION OF iot_data.measurements
+    FOR VALUES FROM ('2026-11-29') TO ('2026-11-30');
+CREATE TABLE iot_data.measurements_20261130 PARTITION OF iot_data.measurements
+    FOR VALUES FROM ('2026-11-30') TO ('2026-12-01');
+CREATE TABLE iot_data.measurements_default PARTITION OF iot_data.measurements DEFAULT;
+INSERT INTO iot_data.measurements SELECT * FROM iot_data.measurements_plain;
+DROP TABLE iot_data.measurements_plain;
+CREATE INDEX ON iot_data.measurements (device_id, parameter_id, "time");
+ANALYZE iot_data.measurements;
+"""
+
+
+def test_dag_run_on_daily_partitions_reads_them_one_by_one_and_leaves_the_plain_tables_result(
+    run_dag: Any, conn: psycopg.Connection[Any], moto_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The demo fleet as a plain table, then the same fleet in daily partitions (the window of the run at
+    12:00 spans two of them): the same table at the end; the aggregation logs one line per partition."""
+    results = []
+    for layout in ("plain", "daily partitions"):
+        load_demo_fleet(conn, T, devices=60, parameters=30, per_device=6, step_minutes=30)
+        if layout == "daily partitions":
+            conn.execute(DAILY_PARTITIONS)
+        conn.execute("DROP SCHEMA IF EXISTS device_sync CASCADE")
+        conn.commit()
+        with caplog.at_level("INFO", logger="device_sync"):
+            state, _ = run_dag()
+        assert state == "success", layout
+        results.append(rows(conn))
+    assert results[0] == results[1] and results[0]
+    partitions = {
+        record.getMessage().split(":")[0] for record in caplog.records if record.getMessage().startswith("Partition ")
+    }
+    assert partitions == {"Partition iot_data.measurements_20261129", "Partition iot_data.measurements_20261130"}
