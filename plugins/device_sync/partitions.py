@@ -155,17 +155,7 @@ def overlapping(cur: psycopg.Cursor[Any], settings: Settings, window: Window) ->
             custom.add((schema, table))
     if not estimates:
         return []
-    cur.execute(
-        db.load_sql(f"{db.STEPS_SQL}partitions.sql"),
-        {
-            "measurements": settings.measurements_identifier.as_string(cur),
-            "time_column": settings.measurements_time_column,
-            "schemas": [schema for schema, _ in estimates],
-            "names": [table for _, table in estimates],
-        },
-    )
-    columns = [column.name for column in cur.description or []]
-    found = [dict(zip(columns, values, strict=True)) for values in cur.fetchall()]
+    found = _catalog(cur, settings, list(estimates))
     segmented = bool(custom) and _segmented_by_pair(cur, settings)
     return [
         Partition(
@@ -183,6 +173,27 @@ def overlapping(cur: psycopg.Cursor[Any], settings: Settings, window: Window) ->
         )
         for row in found
     ]
+
+
+def _catalog(cur: psycopg.Cursor[Any], settings: Settings, relations: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """partitions.sql for ``relations`` (schema, table): what the catalog knows of each."""
+    cur.execute(
+        db.load_sql(f"{db.STEPS_SQL}partitions.sql"),
+        {
+            "measurements": settings.measurements_identifier.as_string(cur),
+            "time_column": settings.measurements_time_column,
+            "schemas": [schema for schema, _ in relations],
+            "names": [table for _, table in relations],
+        },
+    )
+    columns = [column.name for column in cur.description or []]
+    return [dict(zip(columns, values, strict=True)) for values in cur.fetchall()]
+
+
+def has_pair_index(cur: psycopg.Cursor[Any], settings: Settings) -> bool:
+    """Whether the (plain) measurements table has its own (device_id, parameter_id, time) btree."""
+    schema, table = settings.measurements_table.split(".")
+    return any(row["has_pair_index"] for row in _catalog(cur, settings, [(schema, table)]))
 
 
 def _segmented_by_pair(cur: psycopg.Cursor[Any], settings: Settings) -> bool:

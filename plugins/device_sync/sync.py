@@ -78,15 +78,7 @@ def pair_method(cur: psycopg.Cursor[Any], settings: Settings) -> str:
     column>)`` (read from the catalog), a scan of the window otherwise."""
     if partitions.is_partitioned(cur, settings):
         return BY_PARTITION
-    row = db.fetch_one_dict(
-        cur,
-        db.load_sql(f"{db.STEPS_SQL}pair_index.sql"),
-        {
-            "measurements": settings.measurements_identifier.as_string(cur),
-            "time_column": settings.measurements_time_column,
-        },
-    )
-    return SKIP_SCAN if row["has_pair_index"] else WINDOW_SCAN
+    return SKIP_SCAN if partitions.has_pair_index(cur, settings) else WINDOW_SCAN
 
 
 def _pairs_of(source: sql.Composable, method: str, settings: Settings, tables: StagingTables) -> sql.Composed:

@@ -6,7 +6,9 @@
 --   whether this session may read it directly (partitions carry privileges of their own),
 --   whether it is the measurements table itself (an inheritance parent with rows of its own).
 -- Only descendants of the measurements table count (a compressed chunk's own table is not one), and the
--- parent itself when it is an inheritance parent with rows of its own (relkind 'r').
+-- measurements table itself when it holds rows (relkind 'r': a plain table, whose pair index decides between
+-- the skip scan and the window scan, or an inheritance parent with rows of its own). The catalog is read at
+-- every run, so creating or dropping an index changes the method at once.
 WITH RECURSIVE descendants AS (
     SELECT i.inhrelid AS relid FROM pg_inherits AS i WHERE i.inhparent = %(measurements)s::regclass
     UNION
