@@ -3,8 +3,10 @@
 ``docker-compose.yaml`` is validated against the Compose Specification's JSON schema (check-jsonschema's
 vendored copy, offline) and cross-checked with what it must agree with: ``deploy/README.md`` (its tables of
 services, ports, mounts and variables), ``deploy/compose.env.example`` (every ``${VAR}``), the package's
-settings (``Settings.model_fields``), ``Dockerfile`` and ``requirements.txt`` (one Airflow version), the
-demo fleet's SQL, and the repository's files (every mounted host path). Nothing here starts a container.
+settings (``Settings.model_fields``) and pool (``device_sync.pool``), ``Dockerfile`` and ``requirements.txt``
+(one Airflow version), the demo fleet's SQL, the repository's files (every mounted host path) and the override
+file of the compose test (``tests/compose/compose.test.yaml``). Nothing here starts a container: the stack runs
+for real in ``tests/compose`` (``make test-compose``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from device_sync import resources
+from device_sync import pool, resources
 from device_sync.config import STAGES, Settings
 from device_sync.demo import load_demo_fleet
 
@@ -32,6 +34,7 @@ ENV_EXAMPLE = REPO / "deploy" / "compose.env.example"
 DEPLOY_README = REPO / "deploy" / "README.md"
 DEMO_WRAPPER = REPO / "deploy" / "initdb" / "10-device-sync-demo-fleet.sql"
 DEMO_SQL = REPO / "include" / "sql" / "demo" / "load_demo_fleet.sql"
+TEST_OVERRIDE = REPO / "tests" / "compose" / "compose.test.yaml"
 CHECK_JSONSCHEMA = Path(sys.executable).with_name("check-jsonschema")
 
 AIRFLOW_SERVICES = (
@@ -40,7 +43,10 @@ AIRFLOW_SERVICES = (
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-triggerer",
+    "airflow-worker",
+    "flower",
 )
+OFFICIAL_BASE_IMAGE = re.compile(r"apache/airflow:(?P<airflow>\d+\.\d+\.\d+)-python(?P<python>\d+\.\d+)")
 ONE_OFF_SERVICES = {"airflow-init"}
 AIRFLOW_HOME = "/opt/airflow"
 EMPTY_CELL = "\N{EN DASH}"  # what deploy/README.md writes in a table cell that has nothing
@@ -180,13 +186,14 @@ def test_schema_check_rejects_an_invalid_compose_file(tmp_path: Path) -> None:
 
 
 # --- structure -------------------------------------------------------------------------------------------
-def test_stack_follows_the_official_airflow_3_layout_with_the_local_executor(
+def test_stack_follows_the_official_airflow_3_layout_with_the_celery_executor(
     compose: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
-    assert set(AIRFLOW_SERVICES) | {"postgres"} <= set(services)
+    assert set(AIRFLOW_SERVICES) | {"postgres", "redis"} <= set(services)
     common = compose["x-airflow-common"]
     commands = {"airflow-apiserver": "api-server", "airflow-scheduler": "scheduler"}
     commands |= {"airflow-dag-processor": "dag-processor", "airflow-triggerer": "triggerer"}
+    commands |= {"airflow-worker": "celery worker", "flower": "celery flower"}
     for name in AIRFLOW_SERVICES:
         service = services[name]
         # Built from the anchor: same image, build, mounts and (at least) the same environment.
@@ -195,15 +202,17 @@ def test_stack_follows_the_official_airflow_3_layout_with_the_local_executor(
         assert environment(common).items() <= environment(service).items(), name
         if name in commands:
             assert service["command"] == commands[name]
+        if name != "airflow-init":  # like the official file: every Airflow service waits for both
+            for dependency in ("postgres", "redis"):
+                assert service["depends_on"][dependency] == {"condition": "service_healthy"}, (name, dependency)
     env = environment(common)
-    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     text = "\n".join(strings(compose)).lower()
-    assert "celery" not in text and "redis" not in text
     assert "_pip_additional_requirements" not in text
-    # Tasks (in the scheduler's container) reach the api-server's execution API by its service name.
+    # Tasks (in the workers) reach the api-server's execution API by its service name and container port.
     url = urlsplit(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
     assert (url.hostname, url.path) == ("airflow-apiserver", "/execution/")
-    assert f"{url.port}:{url.port}" in services["airflow-apiserver"]["ports"]
+    assert [port.rsplit(":", 1)[1] for port in services["airflow-apiserver"]["ports"]] == [str(url.port)]
     assert env["AIRFLOW__API_AUTH__JWT_SECRET"].startswith("${AIRFLOW_JWT_SECRET:?")
     metadata_db = urlsplit(INTERPOLATION.sub("REF", env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]))
     postgres_env = environment(services["postgres"])
@@ -213,10 +222,51 @@ def test_stack_follows_the_official_airflow_3_layout_with_the_local_executor(
         f"/{postgres_env['POSTGRES_DB']}",
     )
     assert referenced(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]) == referenced(postgres_env["POSTGRES_PASSWORD"])
+    # Celery: the broker is the redis service; results go to the metadata database (same login), as in the
+    # official file.
+    broker = urlsplit(env["AIRFLOW__CELERY__BROKER_URL"])
+    assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379)
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert "ports" not in services["redis"], "the broker has no login: it must not be published"
+    backend = env["AIRFLOW__CELERY__RESULT_BACKEND"]
+    assert backend.startswith("db+postgresql://")
+    result_db = urlsplit(INTERPOLATION.sub("REF", backend.removeprefix("db+")))
+    assert (result_db.hostname, result_db.username, result_db.path) == (
+        metadata_db.hostname,
+        metadata_db.username,
+        metadata_db.path,
+    )
+    assert referenced(backend) == referenced(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    # Workers scale (`--scale airflow-worker=N`): no fixed container name; checked by a Celery ping of their own
+    # node, and they wait for the api-server whose execution API their tasks call.
+    worker = services["airflow-worker"]
+    assert "container_name" not in worker and "ports" not in worker
+    assert "inspect ping" in worker["healthcheck"]["test"][-1] and "celery@" in worker["healthcheck"]["test"][-1]
+    assert worker["depends_on"]["airflow-apiserver"] == {"condition": "service_healthy"}
+    assert not [name for name, service in services.items() if "container_name" in service]
+    # Flower only in its profile, on the loopback interface (it has no login).
+    assert services["flower"]["profiles"] == ["flower"]
+    assert all(port.startswith("127.0.0.1:") for port in services["flower"]["ports"])
     # airflow-init migrates the database and runs once, as root to prepare the shared volumes.
     init = services["airflow-init"]
     assert "airflow db migrate" in init["command"][-1]
     assert init["user"] == "0:0" and "restart" not in init
+
+
+def test_airflow_init_creates_the_pool_of_the_package_with_the_configured_slots(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    """The pool the DAG's database tasks run in (device_sync.pool) is created or resized by airflow-init
+    (idempotent: `airflow pools set`) with DEVICE_SYNC_DB_POOL_SLOTS, whose default is the package's."""
+    env = environment(compose["x-airflow-common"])
+    default = Settings.model_fields["db_pool_slots"].default
+    assert env["DEVICE_SYNC_DB_POOL_SLOTS"] == f"${{DEVICE_SYNC_DB_POOL_SLOTS:-{default}}}"
+    script = services["airflow-init"]["command"][-1]
+    command = pool.create_command(0)
+    expected = f'/entrypoint {" ".join(command[:4])} "$${{DEVICE_SYNC_DB_POOL_SLOTS}}" "{command[5]}"'
+    assert expected in script.splitlines(), script
+    # After the migration (the pool table must exist).
+    assert script.index("airflow db migrate") < script.index("airflow pools set")
 
 
 def test_depends_on_targets_exist_and_can_satisfy_their_condition(services: dict[str, dict[str, Any]]) -> None:
@@ -282,9 +332,14 @@ def test_env_file_variables_agree_with_compose_and_deploy_readme(compose: dict[s
     used = {match["name"] for match in matches}
     assert used <= set(example), f"not in deploy/compose.env.example: {sorted(used - set(example))}"
     assert set(example) - used == COMPOSE_CLI_VARIABLES, "variables of the env file that compose never uses"
-    # Every interpolation is required: Compose refuses to start while the variable is unset or empty.
+    # Every interpolation is required (Compose refuses to start while the variable is unset or empty) or has
+    # a default, which the example file repeats.
     for match in matches:
-        assert match["modifier"].startswith(":?") and len(match["modifier"]) > 2, match[0]
+        modifier = match["modifier"]
+        assert modifier.startswith((":?", ":-")) and len(modifier) > 2, match[0]
+        if modifier.startswith(":-"):
+            assert example[match["name"]] == modifier[2:], f"{match['name']}: the example differs from the default"
+            assert not SECRET_NAME.search(match["name"]), f"{match['name']}: a secret has no default"
     # No bare $VAR or stray $: only escaped $$ and ${...}.
     for text in strings(compose):
         assert "$" not in INTERPOLATION.sub("", text.replace("$$", "")), text
@@ -342,9 +397,14 @@ def test_dockerfile_pins_the_airflow_of_requirements_and_installs_them(compose: 
     dockerfile = DOCKERFILE.read_text(encoding="utf-8")
     requirements = (REPO / "requirements.txt").read_text(encoding="utf-8")
     bases = re.findall(r"^FROM\s+(\S+)", dockerfile, re.MULTILINE)
-    assert len(bases) == 1
-    base = re.fullmatch(r"apache/airflow:(?P<airflow>\d+\.\d+\.\d+)-python(?P<python>\d+\.\d+)", bases[0])
-    assert base, bases[0]
+    assert bases == ["${AIRFLOW_BASE_IMAGE}"]
+    # The base is a build argument whose default is the official image; compose passes the same default.
+    default = re.search(r"^ARG AIRFLOW_BASE_IMAGE=(\S+)$", dockerfile, re.MULTILINE)
+    assert default, "Dockerfile has no ARG AIRFLOW_BASE_IMAGE=<official image>"
+    base = OFFICIAL_BASE_IMAGE.fullmatch(default[1])
+    assert base, default[1]
+    build_arg = compose["x-airflow-common"]["build"]["args"]["AIRFLOW_BASE_IMAGE"]
+    assert build_arg == f"${{AIRFLOW_BASE_IMAGE:-{default[1]}}}"
     pinned = re.search(r"^apache-airflow==(\S+)$", requirements, re.MULTILINE)
     assert pinned and base["airflow"] == pinned[1]
     compiled_for = re.search(r"--python(?:-version)? (\d+\.\d+)", requirements)
@@ -361,13 +421,35 @@ def test_dockerfile_pins_the_airflow_of_requirements_and_installs_them(compose: 
     assert "dist" not in (REPO / ".dockerignore").read_text(encoding="utf-8").split()
     # The image compose builds is this Dockerfile, tagged with the same Airflow version.
     common = compose["x-airflow-common"]
-    assert common["build"] == {"context": ".", "dockerfile": "Dockerfile"}
+    assert {key: value for key, value in common["build"].items() if key != "args"} == {
+        "context": ".",
+        "dockerfile": "Dockerfile",
+    }
+    assert set(common["build"]["args"]) == {"AIRFLOW_BASE_IMAGE"}
     assert common["image"].endswith(f":{pinned[1]}")
     # The DAG file copied into the image lands where compose mounts the working copy's dags/.
     copies = dict(re.findall(r"^COPY\s+(?:--\S+\s+)*(\w+)/\s+(\S+?)/?$", dockerfile, re.MULTILINE))
     copies.pop("dist")
     mounts = {bind_source(v): container_path(v) for v in common["volumes"] if bind_source(v)}
     assert {f"./{source}": target for source, target in copies.items()} == mounts
+
+
+def test_compose_test_override_swaps_only_images_and_settings(services: dict[str, dict[str, Any]]) -> None:
+    """tests/compose/compose.test.yaml, the override the compose test runs the stack with, names only services
+    of docker-compose.yaml and gives each of them an image the test builds locally (no image registry is
+    reachable there); besides images it sets only Airflow and device-sync settings, so what runs is the
+    user-facing file."""
+    override = yaml.safe_load(TEST_OVERRIDE.read_text(encoding="utf-8"))
+    assert set(override) == {"services"}
+    assert set(override["services"]) == set(services), "every service needs a locally built image in the test"
+    for name, service in override["services"].items():
+        assert set(service) <= {"image", "environment"}, f"{name}: the override changes more than images"
+        names = referenced(service["image"])
+        assert names and all(var.startswith("TEST_") for var in names), f"{name}: image {service['image']}"
+        for key in environment(service):
+            assert key.startswith(("AIRFLOW__", "DEVICE_SYNC_")), f"{name}: {key}"
+            if key.startswith("DEVICE_SYNC_"):
+                assert key.removeprefix("DEVICE_SYNC_").lower() in Settings.model_fields, f"{name}: {key}"
 
 
 def test_mounted_host_paths_exist_and_only_dags_is_mounted_into_airflow(
