@@ -12,7 +12,7 @@ from functools import partial
 
 from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, chain, dag, task
 
-from device_sync import options, pool, resources, tasks
+from device_sync import assets, options, pool, resources, tasks
 from device_sync.config import load_settings
 
 settings = load_settings()
@@ -82,13 +82,18 @@ def device_parameter_sync() -> None:
     step = partial(task, on_failure_callback=tasks.record_step_failure, pool=pool.NAME)
     # The shard count is fixed once per run: the shards and resolve_parameter_names take it from this plan.
     shard_plan = task(tasks.plan_aggregation_shards)()
-    devices = step(tasks.discover_active_devices)()
-    pairs = step(tasks.aggregate_recent_measurements, doc_md=tasks.aggregate_recent_measurements.__doc__).expand_kwargs(
-        shard_plan
-    )
-    names = step(tasks.resolve_parameter_names)(shard_plan)
+    # The tables read are the inlets of the steps that read them (the asset graph shows the lineage).
+    devices = step(tasks.discover_active_devices, inlets=[assets.devices(settings)])()
+    pairs = step(
+        tasks.aggregate_recent_measurements,
+        doc_md=tasks.aggregate_recent_measurements.__doc__,
+        inlets=[assets.measurements(settings)],
+    ).expand_kwargs(shard_plan)
+    names = step(tasks.resolve_parameter_names, inlets=[assets.parameters(settings)])(shard_plan)
     delta = step(tasks.compute_delta)()
     applied = step(tasks.apply_changes)()
+    # The table's Asset event, only when the run changed it (skipped otherwise).
+    applied >> task(tasks.announce_change, outlets=[assets.target(settings)])()
     # No task retries: the CloudWatch client retries once within DEVICE_SYNC_CLOUDWATCH_TIMEOUT_SECONDS, so an
     # outage costs the run seconds and does not hold its staging tables (and the next run) for minutes.
     publish = task(tasks.publish_metrics, trigger_rule=TriggerRule.ALL_DONE, retries=0)()

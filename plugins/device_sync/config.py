@@ -203,6 +203,12 @@ class Settings(BaseSettings):
         description="Mapped aggregate_recent_measurements tasks; the active devices are split among them by a hash "
         "of the device id, so a large fleet spreads over workers and database cores.",
     )
+    asset_database_uri: str = Field(
+        "postgres://iot-db:5432/iot",
+        pattern=r"^postgres://[A-Za-z0-9.-]+:[0-9]{1,5}/[A-Za-z0-9_-]+$",
+        description="The IoT database in the postgres provider's Asset URI form, postgres://<host>:<port>/<database>: "
+        "the Asset of the target table is <this>/iot_data/device_parameters (downstream DAGs schedule on it).",
+    )
     max_active_runs: int = Field(
         1,
         ge=1,

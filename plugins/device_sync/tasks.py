@@ -169,6 +169,31 @@ def apply_changes(**context: Any) -> dict[str, Any]:
     return {**counts, "dry_run": options.dry_run}
 
 
+def announce_change(**context: Any) -> dict[str, Any]:
+    """Emit the event of the Asset iot_data.device_parameters, with the run's window and counts, when this run
+    applied at least one change. Skipped otherwise (a dry run, a guarded run, an older window, no change): a
+    skipped task emits no asset event, so downstream DAGs run only after a real change."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from device_sync import assets
+
+    applied = context["ti"].xcom_pull(task_ids="apply_changes") or {}
+    counts = {key: int(applied.get(key) or 0) for key in ("inserted", "deleted", "updated")}
+    if not applied.get("applied") or not any(counts.values()):
+        raise AirflowSkipException("The run changed nothing in iot_data.device_parameters: no asset event")
+    settings = load_settings()
+    dag_run = context["dag_run"]
+    window = run_window(dag_run, settings, RunOptions.from_params(context.get("params")))
+    extra = {
+        "run_id": dag_run.run_id,
+        "window_start": window.start.isoformat(),
+        "window_end": window.end.isoformat(),
+        **counts,
+    }
+    context["outlet_events"][assets.target(settings)].extra = extra
+    return extra
+
+
 # --- failures ---------------------------------------------------------------------------------------------
 
 

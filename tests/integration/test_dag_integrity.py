@@ -53,10 +53,25 @@ PUBLISH = "publish_metrics"
 
 
 SETUPS = {"discover_active_devices", "aggregate_recent_measurements", "resolve_parameter_names"}
+ANNOUNCE = "announce_change"
+TARGET_URI = "postgres://iot-db:5432/iot/iot_data/device_parameters"
+
+
+def test_the_table_is_the_outlet_asset_and_the_sources_are_inlets(dag: Any) -> None:
+    """Only announce_change has the outlet, after apply_changes: it is skipped when nothing changed."""
+    assert dag.get_task(ANNOUNCE).upstream_task_ids == {"apply_changes"}
+    outlets = {task.task_id: [asset.uri for asset in task.outlets] for task in dag.tasks if task.outlets}
+    assert outlets == {ANNOUNCE: [TARGET_URI]}
+    inlets = {task.task_id: [asset.uri for asset in task.inlets] for task in dag.tasks if task.inlets}
+    assert inlets == {
+        "discover_active_devices": ["postgres://iot-db:5432/iot/iot_data/redshift_devices"],
+        "aggregate_recent_measurements": ["postgres://iot-db:5432/iot/iot_data/measurements"],
+        "resolve_parameter_names": ["postgres://iot-db:5432/iot/iot_data/timescale_parameters"],
+    }
 
 
 def test_task_graph_is_the_design_cards_chain(dag: Any) -> None:
-    assert sorted(dag.task_ids) == sorted([*CHAIN, "cleanup_staging", WATCHER])
+    assert sorted(dag.task_ids) == sorted([*CHAIN, "cleanup_staging", WATCHER, ANNOUNCE])
     for upstream, downstream in itertools.pairwise(CHAIN):
         assert upstream in dag.get_task(downstream).upstream_task_ids, downstream
     # The shards and resolve_parameter_names take this run's shard count from the plan; the teardown has its

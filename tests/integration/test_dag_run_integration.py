@@ -260,3 +260,49 @@ def test_dag_run_on_daily_partitions_reads_them_one_by_one_and_leaves_the_plain_
         record.getMessage().split(":")[0] for record in caplog.records if record.getMessage().startswith("Partition ")
     }
     assert partitions == {"Partition iot_data.measurements_20261129", "Partition iot_data.measurements_20261130"}
+
+
+TARGET_ASSET = "postgres://iot-db:5432/iot/iot_data/device_parameters"
+
+
+def asset_events() -> list[dict[str, Any]]:
+    """The extra of every event of the table's Asset, oldest first (Airflow's metadata database)."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = select(AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+        return [
+            dict(extra)
+            for extra in session.scalars(query.where(AssetModel.uri == TARGET_ASSET).order_by(AssetEvent.id))
+        ]
+
+
+def test_the_table_asset_gets_an_event_only_from_a_run_that_changed_it(
+    run_dag: Any, conn: psycopg.Connection[Any], moto_server: str
+) -> None:
+    load_demo_fleet(conn, T, devices=40, parameters=20, per_device=5, step_minutes=30)
+    conn.commit()
+    before = len(asset_events())
+
+    state, task_states = run_dag()  # applies the fleet's drift
+    assert (state, task_states["announce_change"]) == ("success", "success")
+    events = asset_events()
+    assert len(events) == before + 1
+    changed = events[-1]
+    assert changed["run_id"].startswith("manual__") and changed["window_end"] == T.isoformat()
+    assert changed["window_start"] == (T - timedelta(days=1)).isoformat()
+    assert changed["inserted"] + changed["deleted"] + changed["updated"] > 0
+
+    state, task_states = run_dag(T + timedelta(minutes=1))  # the same data: nothing to change
+    assert (state, task_states["announce_change"]) == ("success", "skipped")
+    conn.execute("TRUNCATE iot_data.measurements")  # an empty window: the mass-delete guard stops the run
+    conn.commit()
+    state, task_states = run_dag(T + timedelta(minutes=2))
+    assert (state, task_states["apply_changes"], task_states["announce_change"]) == (
+        "failed",
+        "failed",
+        "upstream_failed",
+    )
+    assert len(asset_events()) == before + 1
