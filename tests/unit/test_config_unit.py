@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from device_sync import config, resources
-from device_sync.config import STAGES, ConfigError, Settings, load_settings
+from device_sync.config import STAGES, ConfigError, Settings, load_settings, variable_name
 
 
 def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -422,3 +423,10 @@ def test_settings_give_the_schedule_interval_and_three_of_them_as_the_health_max
     assert settings.schedule_interval == interval
     assert settings.health_max_age == 3 * interval
     assert Settings(schedule=schedule, health_max_age_minutes=7).health_max_age == timedelta(minutes=7)
+
+
+def test_the_readme_configuration_table_lists_every_setting() -> None:
+    """Every setting has its row in the README's configuration table, by its exact variable name."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip().strip("`") for line in readme.splitlines() if line.startswith("| `DEVICE_SYNC_")}
+    assert {variable_name(name) for name in Settings.model_fields} <= rows
