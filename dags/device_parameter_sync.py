@@ -12,7 +12,7 @@ from functools import partial
 
 from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, chain, dag, task
 
-from device_sync import assets, options, pool, resources, tasks
+from device_sync import assets, notifications, options, pool, resources, tasks
 from device_sync.config import load_settings
 
 settings = load_settings()
@@ -67,6 +67,9 @@ settings = load_settings()
         ),
     },
     tags=["device-sync", "iot", settings.stage],
+    # One SNS message per failed run, and one when a run succeeds after a failure (DEVICE_SYNC_ALERT_SNS_TOPIC_ARN).
+    on_failure_callback=notifications.run_failed,
+    on_success_callback=notifications.run_succeeded,
     default_args={
         "owner": "iot-data-platform",
         "retries": settings.retries,

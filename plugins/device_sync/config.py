@@ -209,6 +209,12 @@ class Settings(BaseSettings):
         description="The IoT database in the postgres provider's Asset URI form, postgres://<host>:<port>/<database>: "
         "the Asset of the target table is <this>/iot_data/device_parameters (downstream DAGs schedule on it).",
     )
+    alert_sns_topic_arn: str | None = Field(
+        None,
+        pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$",
+        description="Amazon SNS topic of the failure and recovery messages, through DEVICE_SYNC_AWS_CONN_ID "
+        "(unset or empty: no messages).",
+    )
     max_active_runs: int = Field(
         1,
         ge=1,
@@ -310,6 +316,11 @@ class Settings(BaseSettings):
         stage_file = dotenv_settings.env_file if isinstance(dotenv_settings, DotEnvSettingsSource) else None
         from_file = dotenv_values(stage_file) if isinstance(stage_file, str | os.PathLike) else {}
         return init_settings, _ExactNames(settings_cls, os.environ), _ExactNames(settings_cls, from_file)
+
+    @field_validator("alert_sns_topic_arn", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("schedule")
     @classmethod

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 STEPS_SQL = "device_parameter_sync/steps/"  # what the tasks run, one file per statement
 HISTORY_SQL = "device_parameter_sync/history/"  # the run history and change log writes
 API_SQL = "device_parameter_sync/api/"  # the operations endpoints' reads
+NOTIFICATIONS_SQL = "device_parameter_sync/notifications/"  # what the failure and recovery messages read
 MIGRATIONS_SQL = "migrations/"  # the package's tables, one numbered file per schema version
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -297,7 +300,7 @@ def test_the_table_asset_gets_an_event_only_from_a_run_that_changed_it(
 
     state, task_states = run_dag(T + timedelta(minutes=1))  # the same data: nothing to change
     assert (state, task_states["announce_change"]) == ("success", "skipped")
-    conn.execute("TRUNCATE iot_data.measurements")  # an empty window: the mass-delete guard stops the run
+    conn.execute("TRUNCATE iot_data.measurements")  # an empty window: a safety guard stops the run
     conn.commit()
     state, task_states = run_dag(T + timedelta(minutes=2))
     assert (state, task_states["apply_changes"], task_states["announce_change"]) == (
@@ -306,3 +309,62 @@ def test_the_table_asset_gets_an_event_only_from_a_run_that_changed_it(
         "upstream_failed",
     )
     assert len(asset_events()) == before + 1
+
+
+@pytest.fixture
+def alerts(moto_server: str) -> Iterator[tuple[str, Any]]:
+    """A moto SNS topic with an SQS queue subscribed; (topic ARN, a function that drains the queue's messages)."""
+    sns = boto3.client("sns", endpoint_url=moto_server, region_name="us-east-1")
+    sqs = boto3.client("sqs", endpoint_url=moto_server, region_name="us-east-1")
+    name = f"device-sync-alerts-{uuid.uuid4().hex[:8]}"
+    topic = sns.create_topic(Name=name)["TopicArn"]
+    queue = sqs.create_queue(QueueName=name)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+
+    def drain() -> list[dict[str, str]]:
+        received = []
+        while batch := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages"):
+            for message in batch:
+                body = json.loads(message["Body"])
+                received.append({"subject": body.get("Subject", ""), "message": body["Message"]})
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+        return received
+
+    yield topic, drain
+    sns.delete_topic(TopicArn=topic)
+    sqs.delete_queue(QueueUrl=queue)
+
+
+def test_a_failed_run_sends_one_sns_message_and_the_next_success_a_recovery(
+    run_dag: Any, conn: psycopg.Connection[Any], alerts: tuple[str, Any]
+) -> None:
+    topic, drain = alerts
+    conn.execute("DROP SCHEMA IF EXISTS device_sync CASCADE")
+    load_demo_fleet(conn, T, devices=40, parameters=20, per_device=5, step_minutes=30)
+    conn.commit()
+    assert run_dag(T, DEVICE_SYNC_ALERT_SNS_TOPIC_ARN=topic)[0] == "success"
+    assert drain() == []  # a success after no failure says nothing
+
+    conn.execute("TRUNCATE iot_data.measurements")  # an empty window: a safety guard stops the run
+    conn.commit()
+    failed_at = T + timedelta(minutes=1)
+    state, task_states = run_dag(failed_at, DEVICE_SYNC_ALERT_SNS_TOPIC_ARN=topic)
+    assert (state, task_states["apply_changes"]) == ("failed", "failed")
+    (failure,) = drain()  # one message for the run, not one per task or attempt
+    assert failure["subject"] == "device-sync dev: run failed in apply_changes"
+    body = failure["message"]
+    assert re.match(r"device-sync \(dev\): run manual__\S+ of device_parameter_sync FAILED\.\n", body), body
+    assert f"Window: [{(failed_at - timedelta(days=1)).isoformat()}, {failed_at.isoformat()})" in body
+    assert "Failed task: apply_changes" in body and "Guard: stale_measurements" in body
+    assert "Error: " in body and len(body.split("Error: ")[1].splitlines()[0]) > 0
+    assert "/dags/device_parameter_sync/runs/manual__" in body and "/device-sync/changes?run_id=manual__" in body
+
+    load_demo_fleet(conn, T, devices=40, parameters=20, per_device=5, step_minutes=30)
+    conn.commit()
+    assert run_dag(T + timedelta(minutes=2), DEVICE_SYNC_ALERT_SNS_TOPIC_ARN=topic)[0] == "success"
+    (recovery,) = drain()
+    assert recovery["subject"] == "device-sync dev: recovered"
+    assert "succeeded after a failed run: RECOVERED" in recovery["message"]
+    assert run_dag(T + timedelta(minutes=3), DEVICE_SYNC_ALERT_SNS_TOPIC_ARN=topic)[0] == "success"
+    assert drain() == []
