@@ -1,9 +1,12 @@
-"""The table's Asset on a real scheduler: a downstream DAG scheduled on the documented URI runs after a run
-that changed iot_data.device_parameters, with the run's counts in the event, and not after one that changed
-nothing. Every wait is bounded."""
+"""Airflow-native operations on a real scheduler: a downstream DAG scheduled on the table's documented Asset
+URI runs after a run that changed iot_data.device_parameters, with the run's counts in the event, and not
+after one that changed nothing; a failed run sends one SNS message (the DAG's failure callback, which the
+dag-processor runs) and the next success a recovery, read from a moto SQS queue subscribed to the topic.
+Every wait is bounded."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -12,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import boto3
 import psycopg
 import pytest
 from stack_helpers import DAG_ID, set_paused, wait_until
@@ -46,12 +50,35 @@ device_parameters_consumer()
 
 
 @pytest.fixture(scope="module")
-def stack(moto_server: str) -> Iterator[Any]:
+def alert_queue(moto_server: str) -> tuple[str, Any]:
+    """A moto SNS topic with an SQS queue subscribed: (topic ARN, a function that drains the queue)."""
+    sns = boto3.client("sns", endpoint_url=moto_server, region_name="us-east-1")
+    sqs = boto3.client("sqs", endpoint_url=moto_server, region_name="us-east-1")
+    topic = sns.create_topic(Name="device-sync-e2e-alerts")["TopicArn"]
+    queue = sqs.create_queue(QueueName="device-sync-e2e-alerts")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+
+    def drain() -> list[str]:
+        received = []
+        while batch := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages"):
+            for message in batch:
+                received.append(json.loads(message["Body"]).get("Subject", ""))
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+        return received
+
+    return topic, drain
+
+
+@pytest.fixture(scope="module")
+def stack(moto_server: str, alert_queue: tuple[str, Any]) -> Iterator[Any]:
     dags = Path(tempfile.mkdtemp(prefix="device-sync-asset-dags-"))
     shutil.copy(REPO / "dags" / "device_parameter_sync.py", dags)
     (dags / "device_parameters_consumer.py").write_text(CONSUMER_DAG)
     try:
-        with running_airflow_stack(AIRFLOW__CORE__DAGS_FOLDER=str(dags)) as stack:
+        with running_airflow_stack(
+            AIRFLOW__CORE__DAGS_FOLDER=str(dags), DEVICE_SYNC_ALERT_SNS_TOPIC_ARN=alert_queue[0]
+        ) as stack:
             yield stack
     finally:
         shutil.rmtree(dags, ignore_errors=True)
@@ -106,3 +133,27 @@ def test_a_consumer_dag_runs_after_a_changing_run_and_not_after_a_no_change_run(
     time.sleep(15)  # several scheduler loops: an asset event would have queued a consumer run by now
     assert len(runs_of(stack, token, CONSUMER)) == 1
     set_paused(stack, token, True)
+
+
+def test_a_failed_run_sends_one_message_and_the_next_success_a_recovery(
+    stack: Any, alert_queue: tuple[str, Any]
+) -> None:
+    """Last in the module: runs after the asset test, whose successes were not preceded by a failure."""
+    _, drain = alert_queue
+    token = stack.token("admin")
+    assert drain() == []
+    with psycopg.connect(stack.data_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE iot_data.measurements")  # an empty window: a safety guard stops the run
+    set_paused(stack, token, False)
+    try:
+        failed = stack.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None}, token=token)[1]
+        assert stack.wait_for_run(DAG_ID, failed["dag_run_id"], token)["state"] == "failed"
+        subjects = wait_until(drain, 90, "no SNS message after the failed run")
+        assert subjects == ["device-sync dev: run failed in apply_changes"]
+        with psycopg.connect(stack.data_url, autocommit=True) as conn:
+            load_demo_fleet(conn, datetime.now(UTC).replace(second=0, microsecond=0), devices=40, parameters=20)
+        fixed = stack.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None}, token=token)[1]
+        assert stack.wait_for_run(DAG_ID, fixed["dag_run_id"], token)["state"] == "success"
+        assert wait_until(drain, 90, "no recovery message") == ["device-sync dev: recovered"]
+    finally:
+        set_paused(stack, token, True)
