@@ -153,7 +153,10 @@ def test_a_run_with_four_shards_spreads_over_both_workers_and_leaves_the_exact_t
     shards = [ti for ti in instances if ti["task_id"] == "aggregate_recent_measurements"]
     assert sorted(ti["map_index"] for ti in shards) == list(range(SHARDS))
     ran = [ti for ti in instances if ti["state"] == "success"]
-    assert len(ran) == len(instances) - 1  # all but the watcher, skipped when nothing failed
+    # All but the watcher (skipped when nothing failed) and announce_change, skipped when a scheduled run
+    # (unpausing adds one) applied the fleet's drift first and left this run nothing to change.
+    assert {ti["task_id"] for ti in instances if ti not in ran} <= {"fail_if_sync_failed", "announce_change"}
+    assert next(ti["state"] for ti in instances if ti["task_id"] == "fail_if_sync_failed") == "skipped"
     # Airflow's own records: every task ran on a worker, both workers took part, each task in its own process.
     assert {ti["hostname"] for ti in ran} == worker_hostnames(stack)
     assert len({(ti["hostname"], ti["pid"]) for ti in ran}) == len(ran)
@@ -303,9 +306,15 @@ def test_a_worker_killed_while_it_applies_is_detected_and_the_other_worker_retri
     first = next(attempt for attempt in tries["task_instances"] if attempt["try_number"] == 1)
     assert (first["state"], first["hostname"]) == ("failed", stack.worker_hostname(killed))
     history = data.execute(
-        "SELECT status, applied, apply_attempt, apply_host FROM device_sync.run_history WHERE run_id = %s", (run_id,)
+        "SELECT status, applied, guard, apply_attempt, apply_host FROM device_sync.run_history WHERE run_id = %s",
+        (run_id,),
     ).fetchone()
-    assert history == ("success", True, final["try_number"], survivor)
+    assert history is not None
+    # The retry applied, unless the other active run (two may run at once here), released by the same lock,
+    # applied a newer window first while the heartbeat timeout ran: then the retry records its delta as an
+    # older window and applies nothing, as the forward-only guard says. Either way the history tells it.
+    assert history[:1] + history[3:] == ("success", final["try_number"], survivor)
+    assert history[1:3] in ((True, None), (False, "older_window")), history
     assert table(data) == expected_table(fleet_end, newest_applied_window(data))
     renamed = data.execute("SELECT count(*) FROM iot_data.device_parameters WHERE device_name LIKE 'old name of %%'")
     assert renamed.fetchone() == (0,)  # the retry applied the whole delta, renames included
