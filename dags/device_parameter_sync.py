@@ -10,17 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from airflow.sdk import (
-    CronTriggerTimetable,
-    DeadlineAlert,
-    DeadlineReference,
-    Param,
-    SyncCallback,
-    TriggerRule,
-    chain,
-    dag,
-    task,
-)
+from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, chain, dag, task
 
 from device_sync import assets, notifications, options, pool, resources, tasks
 from device_sync.config import load_settings
@@ -80,12 +70,6 @@ settings = load_settings()
     # One SNS message per failed run, and one when a run succeeds after a failure (DEVICE_SYNC_ALERT_SNS_TOPIC_ARN).
     on_failure_callback=notifications.run_failed,
     on_success_callback=notifications.run_succeeded,
-    # A run still going DEVICE_SYNC_DEADLINE_MINUTES (default: one schedule interval) after it was queued.
-    deadline=DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_QUEUED_AT,
-        interval=settings.deadline,
-        callback=SyncCallback(notifications.run_missed_deadline),
-    ),
     default_args={
         "owner": "iot-data-platform",
         "retries": settings.retries,

@@ -215,13 +215,6 @@ class Settings(BaseSettings):
         description="Amazon SNS topic of the failure and recovery messages, through DEVICE_SYNC_AWS_CONN_ID "
         "(unset or empty: no messages).",
     )
-    deadline_minutes: int | None = Field(
-        None,
-        ge=1,
-        le=366 * 24 * 60,
-        description="A run not finished this many minutes after it was queued sends a deadline alert through "
-        "DEVICE_SYNC_ALERT_SNS_TOPIC_ARN (Airflow's DeadlineAlert); unset: one schedule interval (the longest gap).",
-    )
     max_active_runs: int = Field(
         1,
         ge=1,
@@ -352,11 +345,6 @@ class Settings(BaseSettings):
         17:00 to Monday 09:00), ``0 0 1 * *`` 31 days. Computed once per expression and process.
         """
         return timedelta(seconds=_longest_gap(self.schedule))
-
-    @property
-    def deadline(self) -> timedelta:
-        """How long a run may take from being queued before its deadline alert: the setting, else one interval."""
-        return timedelta(minutes=self.deadline_minutes) if self.deadline_minutes else self.schedule_interval
 
     def fire_times_between(self, after: datetime, until: datetime, *, limit: int) -> int:
         """How many scheduled fire times lie in ``(after, until]`` (UTC), counting at most ``limit``."""
