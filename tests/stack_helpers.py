@@ -11,8 +11,8 @@ import psycopg
 DAG_ID = "device_parameter_sync"
 
 
-def set_paused(stack: Any, token: str, paused: bool) -> None:
-    deadline = time.monotonic() + 90
+def set_paused(stack: Any, token: str, paused: bool, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
     while True:  # the dag-processor must have parsed the DAG first
         status, _ = stack.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": paused}, token=token)
         if status == 200:

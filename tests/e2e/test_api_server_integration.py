@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from stack_helpers import set_paused
 
 from conftest import ADMIN_URL
 from device_sync import api, sync
@@ -239,14 +240,7 @@ def trigger(stack: Any, token: str, conf: dict[str, Any]) -> tuple[int, Any]:
 def unpaused(stack: Any, admin_token: str) -> None:
     """Unpause the DAG, then let the scheduled run that unpausing starts (catchup off: the latest fire
     time) finish, so that it cannot overlap the tests' own runs."""
-    deadline = time.monotonic() + 90
-    while True:  # the dag-processor must have parsed the DAG first
-        status, _ = stack.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False}, token=admin_token)
-        if status == 200:
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError("the DAG never appeared in the api-server")
-        time.sleep(2)
+    set_paused(stack, admin_token, False)
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
         _, body = stack.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?run_type=scheduled", token=admin_token)

@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 import pytest
 from playwright.sync_api import ConsoleMessage, Frame, FrameLocator, Page, Response, expect, sync_playwright
+from stack_helpers import set_paused
 
 from conftest import REPO, running_airflow_stack
 from device_sync.demo import load_demo_fleet
@@ -82,14 +83,7 @@ def unpaused(stack: Any) -> None:
         return
     load_fleet(stack)
     token = stack.token("admin")
-    deadline = time.monotonic() + 120
-    while True:  # the dag-processor must have parsed the DAG first
-        status, _ = stack.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False}, token=token)
-        if status == 200:
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError("the DAG never appeared in the api-server")
-        time.sleep(2)
+    set_paused(stack, token, False, timeout=120)
     runs: list[dict[str, Any]] = []
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
