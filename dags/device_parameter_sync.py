@@ -10,15 +10,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, chain, dag, task
+from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, chain, task
 
-from device_sync import assets, notifications, options, pool, resources, tasks
+from device_sync import assets, deadline, notifications, options, pool, resources, tasks
 from device_sync.config import load_settings
 
 settings = load_settings()
 
 
-@dag(
+with deadline.DeviceSyncDAG(
     dag_id="device_parameter_sync",
     doc_md=resources.runbook(),
     schedule=CronTriggerTimetable(
@@ -70,6 +70,8 @@ settings = load_settings()
     # One SNS message per failed run, and one when a run succeeds after a failure (DEVICE_SYNC_ALERT_SNS_TOPIC_ARN).
     on_failure_callback=notifications.run_failed,
     on_success_callback=notifications.run_succeeded,
+    # A run still going DEVICE_SYNC_DEADLINE_MINUTES (default: one schedule interval) after it was queued.
+    deadline=deadline.alert(settings),
     default_args={
         "owner": "iot-data-platform",
         "retries": settings.retries,
@@ -78,8 +80,7 @@ settings = load_settings()
         "max_retry_delay": timedelta(minutes=10),
         "execution_timeout": timedelta(minutes=settings.task_timeout_minutes),
     },
-)
-def device_parameter_sync() -> None:
+) as device_parameter_sync_dag:
     # A step that failed for good (not an attempt a retry may fix) marks the run failed in the run history.
     # Steps query the IoT database: the pool bounds how many of them (of every run) hold a session at once.
     step = partial(task, on_failure_callback=tasks.record_step_failure, pool=pool.NAME)
@@ -114,8 +115,6 @@ def device_parameter_sync() -> None:
         tasks.fail_if_sync_failed, trigger_rule=TriggerRule.ONE_FAILED, retries=0
     )()
 
-
-device_parameter_sync_dag = device_parameter_sync()
 
 if __name__ == "__main__":
     device_parameter_sync_dag.test()

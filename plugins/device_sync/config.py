@@ -215,6 +215,20 @@ class Settings(BaseSettings):
         description="Amazon SNS topic of the failure and recovery messages, through DEVICE_SYNC_AWS_CONN_ID "
         "(unset or empty: no messages).",
     )
+    deadline_minutes: int | None = Field(
+        None,
+        ge=1,
+        le=366 * 24 * 60,
+        description="A run not finished this many minutes after it was queued sends a deadline alert through "
+        "DEVICE_SYNC_ALERT_SNS_TOPIC_ARN (Airflow's DeadlineAlert); unset: one schedule interval (the longest gap).",
+    )
+    approval_timeout_minutes: int = Field(
+        60,
+        ge=1,
+        le=7 * 24 * 60,
+        description="How long a run whose mass-delete guard tripped waits for a human's answer in "
+        "approve_mass_delete; no answer by then is a Reject (the run fails as without the question).",
+    )
     max_active_runs: int = Field(
         1,
         ge=1,
@@ -345,6 +359,11 @@ class Settings(BaseSettings):
         17:00 to Monday 09:00), ``0 0 1 * *`` 31 days. Computed once per expression and process.
         """
         return timedelta(seconds=_longest_gap(self.schedule))
+
+    @property
+    def deadline(self) -> timedelta:
+        """How long a run may take from being queued before its deadline alert: the setting, else one interval."""
+        return timedelta(minutes=self.deadline_minutes) if self.deadline_minutes else self.schedule_interval
 
     def fire_times_between(self, after: datetime, until: datetime, *, limit: int) -> int:
         """How many scheduled fire times lie in ``(after, until]`` (UTC), counting at most ``limit``."""

@@ -34,6 +34,31 @@ def run_succeeded(context: Mapping[str, Any]) -> None:
     _notify(context, failed=False)
 
 
+def run_missed_deadline(context: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    """DeadlineAlert callback: the run has not finished DEVICE_SYNC_DEADLINE_MINUTES after it was queued."""
+    try:
+        settings = load_settings()
+        if not settings.alert_sns_topic_arn:
+            return
+        # Airflow passes the run as its REST representation (a dict with dag_run_id).
+        dag_run: Mapping[str, Any] = (context or {}).get("dag_run") or {}
+        run_id = str(dag_run.get("dag_run_id") or "unknown")
+        minutes = int(settings.deadline.total_seconds() // 60)
+        run_link, _ = _links(run_id)
+        message = "\n".join(
+            [
+                f"device-sync ({settings.stage}): run {run_id} of {DAG_ID} has not finished {minutes} minutes after "
+                "it was queued (DEVICE_SYNC_DEADLINE_MINUTES).",
+                "It may be waiting for the writers' lock (another run or a backfill applying), a pool slot, a "
+                "worker, or a slow statement: open the run and look at its running task.",
+                f"Run: {run_link}",
+            ]
+        )
+        publish(settings, f"device-sync {settings.stage}: run missed its deadline"[:SUBJECT_LIMIT], message)
+    except Exception:
+        log.exception("device-sync: could not send the deadline notification")
+
+
 def _notify(context: Mapping[str, Any], *, failed: bool) -> None:
     try:
         settings = load_settings()

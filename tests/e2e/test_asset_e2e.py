@@ -59,13 +59,15 @@ def alert_queue(moto_server: str) -> tuple[str, Any]:
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
 
-    def drain() -> list[str]:
+    def drain(deadlines: bool = False) -> list[str]:
+        """The subjects received since the last call; deadline alerts only when asked (a slow run of another
+        test may cross the one-minute deadline of this stack)."""
         received = []
         while batch := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages"):
             for message in batch:
                 received.append(json.loads(message["Body"]).get("Subject", ""))
                 sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
-        return received
+        return [subject for subject in received if deadlines or "deadline" not in subject]
 
     return topic, drain
 
@@ -77,7 +79,9 @@ def stack(moto_server: str, alert_queue: tuple[str, Any]) -> Iterator[Any]:
     (dags / "device_parameters_consumer.py").write_text(CONSUMER_DAG)
     try:
         with running_airflow_stack(
-            AIRFLOW__CORE__DAGS_FOLDER=str(dags), DEVICE_SYNC_ALERT_SNS_TOPIC_ARN=alert_queue[0]
+            AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+            DEVICE_SYNC_ALERT_SNS_TOPIC_ARN=alert_queue[0],
+            DEVICE_SYNC_DEADLINE_MINUTES="1",
         ) as stack:
             yield stack
     finally:
@@ -156,4 +160,25 @@ def test_a_failed_run_sends_one_message_and_the_next_success_a_recovery(
         assert stack.wait_for_run(DAG_ID, fixed["dag_run_id"], token)["state"] == "success"
         assert wait_until(drain, 90, "no recovery message") == ["device-sync dev: recovered"]
     finally:
+        set_paused(stack, token, True)
+
+
+def test_a_run_held_past_its_deadline_sends_a_deadline_alert(stack: Any, alert_queue: tuple[str, Any]) -> None:
+    """DEVICE_SYNC_DEADLINE_MINUTES=1 and a run held by the writers' lock: Airflow's DeadlineAlert fires."""
+    _, drain = alert_queue
+    token = stack.token("admin")
+    drain(deadlines=True)
+    with psycopg.connect(stack.data_url, autocommit=True) as conn:
+        load_demo_fleet(conn, datetime.now(UTC).replace(second=0, microsecond=0), devices=40, parameters=20)
+    holder = psycopg.connect(stack.data_url, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(hashtextextended('device_sync:iot_data.device_parameters', 0))")
+    set_paused(stack, token, False)
+    try:
+        held = stack.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None}, token=token)[1]
+        subjects = wait_until(lambda: drain(deadlines=True), 240, "no deadline alert for the held run", interval=5)
+        assert subjects == ["device-sync dev: run missed its deadline"]
+        holder.close()
+        assert stack.wait_for_run(DAG_ID, held["dag_run_id"], token)["state"] == "success"
+    finally:
+        holder.close()
         set_paused(stack, token, True)

@@ -70,6 +70,30 @@ def test_the_table_is_the_outlet_asset_and_the_sources_are_inlets(dag: Any) -> N
     }
 
 
+def test_a_run_has_a_deadline_alert_one_schedule_interval_after_it_was_queued(dag: Any) -> None:
+    """Airflow's DeadlineAlert on the run's queued time; its callback sends the deadline SNS message."""
+    from airflow.sdk.definitions.deadline import DagRunQueuedAtDeadline
+
+    [alert] = dag.deadline
+    assert isinstance(alert.reference, DagRunQueuedAtDeadline)
+    assert alert.interval == timedelta(hours=1)  # the default schedule is hourly
+    assert alert.callback.path == "device_sync.notifications.run_missed_deadline"
+
+
+def test_deadline_minutes_sets_the_deadline_and_a_test_run_keeps_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DEVICE_SYNC_DEADLINE_MINUTES overrides the interval; dag.test() leaves it out only while it runs."""
+    monkeypatch.setenv("DEVICE_SYNC_DEADLINE_MINUTES", "7")
+    dag = load_dagbag().dags[DAG_ID]
+    assert [alert.interval for alert in dag.deadline] == [timedelta(minutes=7)]
+    seen_during_test = []
+    monkeypatch.setattr(
+        "airflow.sdk.definitions.dag.DAG.test", lambda self, **kwargs: seen_during_test.append(self.deadline)
+    )
+    dag.test(logical_date=None)
+    assert seen_during_test == [None]
+    assert [alert.interval for alert in dag.deadline] == [timedelta(minutes=7)]
+
+
 def test_task_graph_is_the_design_cards_chain(dag: Any) -> None:
     assert sorted(dag.task_ids) == sorted([*CHAIN, "cleanup_staging", WATCHER, ANNOUNCE])
     for upstream, downstream in itertools.pairwise(CHAIN):
