@@ -12,13 +12,14 @@ from functools import partial
 
 from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, chain, task
 
-from device_sync import assets, deadline, notifications, options, pool, resources, tasks
+from device_sync import approval, assets, deadline, notifications, options, pool, resources, tasks
 from device_sync.config import load_settings
+from device_sync.dag_class import DeviceSyncDAG
 
 settings = load_settings()
 
 
-with deadline.DeviceSyncDAG(
+with DeviceSyncDAG(
     dag_id="device_parameter_sync",
     doc_md=resources.runbook(),
     schedule=CronTriggerTimetable(
@@ -95,6 +96,14 @@ with deadline.DeviceSyncDAG(
     ).expand_kwargs(shard_plan)
     names = step(tasks.resolve_parameter_names, inlets=[assets.parameters(settings)])(shard_plan)
     delta = step(tasks.compute_delta)()
+    # A tripped mass-delete guard asks a human (Approve / Reject) instead of failing the run at once.
+    approval_asked = approval.MassDeleteApproval(
+        task_id=approval.TASK_ID,
+        settings=settings,
+        doc_md=approval.__doc__,
+        on_failure_callback=tasks.record_step_failure,
+        pool=pool.NAME,
+    )
     applied = step(tasks.apply_changes)()
     # The table's Asset event, only when the run changed it (skipped otherwise).
     applied >> task(tasks.announce_change, outlets=[assets.target(settings)])()
@@ -102,7 +111,7 @@ with deadline.DeviceSyncDAG(
     # outage costs the run seconds and does not hold its staging tables (and the next run) for minutes.
     publish = task(tasks.publish_metrics, trigger_rule=TriggerRule.ALL_DONE, retries=0)()
     cleanup = task(tasks.cleanup_staging, pool=pool.NAME)()
-    chain(shard_plan, devices, pairs, names, delta, applied, publish)
+    chain(shard_plan, devices, pairs, names, delta, approval_asked, applied, publish)
     # The first three steps create the run's staging tables: they are the setups of cleanup_staging, so
     # clearing compute_delta or apply_changes of a finished run runs them again first (instead of failing on
     # dropped tables). publish_metrics stays outside that scope: it must run (SyncSuccess=0) even when a
@@ -111,7 +120,7 @@ with deadline.DeviceSyncDAG(
     # publish_metrics always runs, so on its own it would turn a failed sync into a green run; the watcher
     # fails the run whenever a step or the publishing failed (a failed setup leaves compute_delta
     # upstream_failed, which one_failed counts: setups themselves may only be followed by all_success tasks).
-    [shard_plan, delta, applied, publish] >> task(
+    [shard_plan, delta, approval_asked, applied, publish] >> task(
         tasks.fail_if_sync_failed, trigger_rule=TriggerRule.ONE_FAILED, retries=0
     )()
 

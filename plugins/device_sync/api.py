@@ -6,6 +6,7 @@
   class. No error text, no secrets (the details are behind ``/runs``); one small query with short timeouts,
   and the answer is cached in-process for :data:`HEALTH_CACHE_SECONDS`.
 - ``GET /runs``, ``GET /changes``: the run history and the change log, paginated JSON.
+- ``GET /changes/pending?run_id=…``: the changes a run waiting for approval of a mass delete would apply.
 - ``GET /``: a status page (recent runs as a table and a chart of the changes per run).
 
 Everything but ``/health`` requires an Airflow login allowed to read the DAG's runs: plugin apps do not
@@ -26,6 +27,7 @@ from typing import Annotated, Any
 import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from device_sync import db, history, pool
@@ -44,7 +46,7 @@ PAGE_TIMEOUT_SECONDS = 10
 
 # The tasks that record a failure as "<task_id>: <error>" in the run history, and the guards it may record.
 # /health names only these (never free text from the error column), so nothing of the error can leak.
-KNOWN_TASKS = (*STEP_TASK_IDS, "publish_metrics")
+KNOWN_TASKS = (*STEP_TASK_IDS, "approve_mass_delete", "publish_metrics")
 KNOWN_GUARDS = GUARDS
 
 
@@ -210,15 +212,21 @@ Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]
 Filter = Annotated[str | None, Query(max_length=1024, pattern=r"^[^\x00]*$")]
 
 
-def _query(settings: Settings, statements: list[tuple[str, dict[str, Any]]]) -> list[list[dict[str, Any]]] | None:
-    """The rows of each SQL file in one transaction; None when the history does not exist yet.
+def _query(
+    settings: Settings,
+    statements: list[tuple[str, dict[str, Any]]],
+    tables: Mapping[str, sql.Composable] | None = None,
+) -> list[list[dict[str, Any]]] | None:
+    """The rows of each SQL file in one transaction; None when a table it reads (by default the history's,
+    else ``tables``) does not exist yet.
 
     A database that does not answer is 503 with a short reason; its message (host, port) stays in the log."""
     try:
         with _connect(settings, PAGE_TIMEOUT_SECONDS) as conn, db.transaction(conn, PAGE_TIMEOUT_SECONDS) as cur:
             results = []
             for statement, params in statements:
-                cur.execute(db.compose(f"{db.API_SQL}{statement}", history.tables(settings.staging_schema)), params)
+                identifiers = tables if tables is not None else history.tables(settings.staging_schema)
+                cur.execute(db.compose(f"{db.API_SQL}{statement}", identifiers), params)
                 results.append([_jsonable(row) for row in cur.fetchall()])
             return results
     except psycopg.errors.UndefinedTable:  # no run has created the history yet
@@ -275,6 +283,36 @@ def changes(
     has_more = len(rows) > limit
     items = rows[:limit]
     return {
+        "changes": items,
+        "limit": limit,
+        "offset": offset,
+        "has_more": has_more,
+        "next_offset": _next_offset(offset, len(items), has_more),
+    }
+
+
+@app.get("/changes/pending", dependencies=AUTHORIZED)
+def pending_changes(
+    run_id: Annotated[str, Query(min_length=1, max_length=1024, pattern=r"^[^\x00]*$")],
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> dict[str, Any]:
+    """The changes a run waiting in approve_mass_delete would apply, by pair (the link in its question).
+
+    404 when the run has none: it asked no question, or its staging tables are gone (it finished)."""
+    from device_sync.staging import StagingTables
+
+    settings = load_settings()
+    staging = StagingTables.for_run(settings.staging_schema, DAG_ID, run_id)
+    tables = {"pending_changes": staging.table("pending_changes")}
+    results = _query(settings, [("pending_changes.sql", {"limit": limit + 1, "offset": offset})], tables)
+    if results is None:
+        raise HTTPException(status_code=404, detail="no changes of this run wait for approval")
+    rows = results[0]
+    has_more = len(rows) > limit
+    items = rows[:limit]
+    return {
+        "run_id": run_id,
         "changes": items,
         "limit": limit,
         "offset": offset,

@@ -111,3 +111,14 @@ def fetch_one_dict(
     if row is None or cur.description is None:
         raise RuntimeError("expected one row, got none")
     return {column.name: value for column, value in zip(cur.description, row, strict=True)}
+
+
+def fetch_all_dicts(
+    cur: psycopg.Cursor[Any], statement: sql.Composable | str, params: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Execute a statement that returns a few rows (a bounded sample); return them as dicts."""
+    cur.execute(statement, params)  # type: ignore[arg-type]
+    if cur.description is None:
+        return []
+    names = [column.name for column in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

@@ -1,17 +1,8 @@
-"""The run deadline: Airflow's DeadlineAlert on the run's queued time, and the DAG class that carries it.
-
-Airflow 3.3.2's ``dag.test()`` (and so ``airflow dags test``) cannot finish a run of a DAG that has a
-DeadlineAlert: when the run succeeds it looks the alerts up by id in an in-memory copy of the DAG that holds
-the alerts themselves, not their ids, and fails with ``StatementError: 'dict' object has no attribute 'hex'``.
-A test run is in the foreground and needs no deadline, so ``DeviceSyncDAG.test`` runs without it; the
-scheduler's runs keep it (the dag processor stores the alerts and their ids).
-"""
+"""The run deadline: Airflow's DeadlineAlert on the run's queued time (DEVICE_SYNC_DEADLINE_MINUTES)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from airflow.sdk import DAG, DeadlineAlert, DeadlineReference, SyncCallback
+from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
 
 from device_sync import notifications
 from device_sync.config import Settings
@@ -24,14 +15,3 @@ def alert(settings: Settings) -> DeadlineAlert:
         interval=settings.deadline,
         callback=SyncCallback(notifications.run_missed_deadline),
     )
-
-
-class DeviceSyncDAG(DAG):
-    """A DAG whose ``test()`` runs without its deadline (see the module's docstring)."""
-
-    def test(self, *args: Any, **kwargs: Any) -> Any:
-        deadline, self.deadline = self.deadline, None
-        try:
-            return super().test(*args, **kwargs)
-        finally:
-            self.deadline = deadline

@@ -75,16 +75,22 @@ def check_before_writing(
     return None
 
 
+def mass_delete_exceeds(settings: Settings, table_rows: int, deletes: int) -> bool:
+    """More than ``max_delete_fraction`` of a table of at least ``mass_delete_min_rows`` rows."""
+    # The fraction as written (0.29 is 29/100), not its binary float: 0.29 * 100 is 28.999999999999996 in floats.
+    limit = Fraction(str(settings.max_delete_fraction)) * table_rows
+    return table_rows >= settings.mass_delete_min_rows and deletes > limit
+
+
 def check_mass_delete(settings: Settings, table_rows: int, deletes: int) -> None:
     """Mass delete: deleting more than ``max_delete_fraction`` of a table of at least ``mass_delete_min_rows``
     rows (counted before the run) raises :class:`GuardTripped`, which rolls the run's transaction back."""
-    # The fraction as written (0.29 is 29/100), not its binary float: 0.29 * 100 is 28.999999999999996 in floats.
-    limit = Fraction(str(settings.max_delete_fraction)) * table_rows
-    if table_rows >= settings.mass_delete_min_rows and deletes > limit:
+    if mass_delete_exceeds(settings, table_rows, deletes):
         raise GuardTripped(
             MASS_DELETE,
             f"mass delete blocked: this run would delete {deletes} of {table_rows} rows "
             f"({deletes / table_rows:.0%}), more than DEVICE_SYNC_MAX_DELETE_FRACTION="
             f"{settings.max_delete_fraction:g}. Nothing was applied. Check GET /device-sync/changes and the "
-            f'sources; if the deletes are right, trigger a run with {{"allow_mass_delete": true}}.',
+            f"sources; if the deletes are right, approve them when a run asks (approve_mass_delete), or trigger "
+            f'a run with {{"allow_mass_delete": true}}.',
         )

@@ -212,6 +212,67 @@ def compute_delta(
         return _count_changes(cur, settings, tables, device_ids)
 
 
+DELETED_SAMPLE_SIZE = 10
+
+
+def _delta_fingerprint(
+    cur: psycopg.Cursor[Any], change_set: sql.Composable, device_ids: Sequence[str] | None
+) -> dict[str, Any]:
+    """Counts and fingerprint (delta_fingerprint.sql) of ``change_set``: a table, or a parenthesized SELECT."""
+    row = db.fetch_one_dict(
+        cur, db.compose(f"{db.STEPS_SQL}delta_fingerprint.sql", {"change_set": change_set}), _scope(device_ids)
+    )
+    return {**{key: int(row[key]) for key in ("inserts", "updates", "deletes")}, "fingerprint": row["fingerprint"]}
+
+
+def mass_delete_review(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    tables: StagingTables,
+    *,
+    run: dict[str, Any],
+    device_ids: Sequence[str] | None = None,
+    force_apply: bool = False,
+) -> dict[str, Any] | None:
+    """What a human must see to approve this run's mass delete, or None when apply_changes would not trip the
+    mass-delete guard (another guard decides first, or the deletes are within DEVICE_SYNC_MAX_DELETE_FRACTION).
+
+    The run's changes are written once to its ``pending_changes`` staging table: the approver pages through
+    them, and the review carries their counts and fingerprint, which apply_changes compares with the delta it
+    computes again under the writers' lock. Read without the lock: the approval is only a question.
+    """
+    identifiers = changes_identifiers(tables, settings)
+    with db.transaction(conn, settings.statement_timeout_seconds) as cur:
+        state = db.fetch_one_dict(cur, db.compose(f"{db.STEPS_SQL}guard_state.sql", identifiers), _scope(device_ids))
+        try:
+            if guards.check_before_writing(cur, identifiers, run, state, False, force_apply) is not None:
+                return None  # an older window: apply_changes records the delta, applies nothing
+        except guards.GuardTripped:
+            return None  # stale measurements: not a question for a human, the run fails as before
+        deletes = _count_changes(cur, settings, tables, device_ids)["deletes"]
+        if not guards.mass_delete_exceeds(settings, state["table_rows"], deletes):
+            return None
+        staging.rebuild(
+            cur,
+            "pending_changes",
+            tables,
+            settings,
+            _scope(device_ids),
+            sql_file="pending_changes",
+            extra={"changes": identifiers["changes"]},
+            statistics=False,
+        )
+        pending = tables.table("pending_changes")
+        db.run(cur, sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (device_id, parameter_id)").format(pending))
+        delta = _delta_fingerprint(cur, pending, device_ids)
+        sample = db.fetch_all_dicts(
+            cur,
+            db.compose(f"{db.STEPS_SQL}deleted_sample.sql", {"pending_changes": pending}),
+            {"limit": DELETED_SAMPLE_SIZE},
+        )
+    return {**delta, "table_rows": int(state["table_rows"]), "deleted_sample": sample}
+
+
 def apply_changes(
     conn: psycopg.Connection[Any],
     settings: Settings,
@@ -222,6 +283,7 @@ def apply_changes(
     dry_run: bool = False,
     allow_mass_delete: bool = False,
     force_apply: bool = False,
+    approved: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Apply the delta, its change log and the run's history row in one transaction, under the writers' lock.
 
@@ -231,6 +293,8 @@ def apply_changes(
     The guards (:mod:`device_sync.guards`) run before anything is written, the mass-delete guard on the
     statement's own delete count (tripping it rolls everything back). A dry run, and a run whose window
     ends before the newest applied one (a backfill), record the delta's counts and change nothing else.
+    ``approved`` is a mass delete a human approved (:func:`mass_delete_review`'s counts and fingerprint): it
+    is applied past the mass-delete guard only if the delta computed now under the lock is still that one.
     """
     identifiers = tables.identifiers(settings)
     run = run or {"run_id": tables.run_key, "dag_id": DAG_ID}
@@ -250,13 +314,15 @@ def apply_changes(
             would = _count_changes(cur, settings, tables, device_ids)
             counts = {"inserted": would["inserts"], "updated": would["updates"], "deleted": would["deletes"]}
         else:
+            if approved is not None:
+                _refuse_a_changed_delta(cur, changes_identifiers(tables, settings)["changes"], approved, device_ids)
             applied_counts = db.fetch_one_dict(
                 cur,
                 db.compose(f"{db.STEPS_SQL}apply_changes.sql", changes_identifiers(tables, settings)),
                 {**_scope(device_ids), "run_id": run["run_id"]},
             )
             counts = {key: int(value) for key, value in applied_counts.items()}
-            if not allow_mass_delete:
+            if not allow_mass_delete and approved is None:
                 # Raising here rolls the whole transaction back: the deletes it counts are never committed.
                 guards.check_mass_delete(settings, state["table_rows"], counts["deleted"])
         applied = not dry_run and guard is None
@@ -265,6 +331,21 @@ def apply_changes(
         if applied:
             history.prune(cur, tables.schema, settings.history_retention_days)
     return {**counts, "applied": applied, "guard": guard}
+
+
+def _refuse_a_changed_delta(
+    cur: psycopg.Cursor[Any], changes: sql.Composable, approved: dict[str, Any], device_ids: Sequence[str] | None
+) -> None:
+    """An approved mass delete is applied only as approved: a delta that changed since fails the run unapplied."""
+    now = _delta_fingerprint(cur, sql.SQL("({})").format(changes), device_ids)
+    if now["fingerprint"] != approved["fingerprint"]:
+        counts = "{inserts} inserts, {updates} updates, {deletes} deletes"
+        raise guards.GuardTripped(
+            guards.MASS_DELETE,
+            f"mass delete not applied: the delta changed after it was approved (approved: "
+            f"{counts.format(**approved)}; now: {counts.format(**now)}). Nothing was applied. Trigger a new run "
+            f"to be asked again about the current delta.",
+        )
 
 
 def sync_once(

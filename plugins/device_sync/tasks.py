@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from device_sync.config import Settings, load_settings
@@ -128,6 +129,27 @@ def compute_delta(**context: Any) -> dict[str, Any]:
     return _timed("compute_delta", started, summary)
 
 
+def review_mass_delete(context: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The approve_mass_delete question's content, or None when this run's apply_changes would not trip the
+    mass-delete guard (see :func:`device_sync.sync.mass_delete_review`). A dry run and a run with
+    allow_mass_delete never ask."""
+    from device_sync import sync
+
+    settings = load_settings()
+    options = RunOptions.from_params(context.get("params"))
+    if options.dry_run or options.allow_mass_delete:
+        return None
+    with connection(settings) as conn:
+        return sync.mass_delete_review(
+            conn,
+            settings,
+            staging_of(context["dag_run"], settings),
+            run=run_record(context, settings),
+            device_ids=options.device_ids,
+            force_apply=options.force_apply,
+        )
+
+
 def apply_changes(**context: Any) -> dict[str, Any]:
     """Apply the delta, its change log and the run's history row in one transaction under the writers' lock.
 
@@ -150,8 +172,12 @@ def apply_changes(**context: Any) -> dict[str, Any]:
         "apply_attempt": ti.try_number,
         "apply_host": getattr(ti, "hostname", None),
     }
+    # A mass delete put to a human (approve_mass_delete): approved, it is applied if the delta is unchanged;
+    # rejected or unanswered, the mass-delete guard trips as it does without a question.
+    answer = ti.xcom_pull(task_ids="approve_mass_delete") or {}
+    approved = answer if answer.get("approved") else None
     started = time.monotonic()
-    with connection(settings) as conn:
+    with connection(settings) as conn, guards_explained(answer):
         counts = sync.apply_changes(
             conn,
             settings,
@@ -161,12 +187,28 @@ def apply_changes(**context: Any) -> dict[str, Any]:
             dry_run=options.dry_run,
             allow_mass_delete=options.allow_mass_delete,
             force_apply=options.force_apply,
+            approved=approved,
         )
     counts = _timed("apply_changes", started, counts)
     if not counts["applied"]:  # nothing was written: report what would have been, publish zero changes
         would = {f"would_have_{key}": counts[key] for key in ("inserted", "updated", "deleted")}
         counts = {**counts, **would, "inserted": 0, "updated": 0, "deleted": 0}
     return {**counts, "dry_run": options.dry_run}
+
+
+@contextmanager
+def guards_explained(answer: Mapping[str, Any]) -> Iterator[None]:
+    """A mass delete that a human rejected, or left unanswered, says so in the guard's error."""
+    from device_sync.guards import MASS_DELETE, GuardTripped
+
+    try:
+        yield
+    except GuardTripped as tripped:
+        if tripped.guard != MASS_DELETE or not answer.get("asked") or answer.get("approved"):
+            raise
+        who = answer.get("answered_by")
+        said = f"Rejected by {who} in approve_mass_delete." if who else "No answer in approve_mass_delete in time."
+        raise GuardTripped(MASS_DELETE, f"{tripped} {said}") from None
 
 
 def announce_change(**context: Any) -> dict[str, Any]:

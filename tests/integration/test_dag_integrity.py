@@ -26,6 +26,7 @@ CHAIN = [
     "aggregate_recent_measurements",
     "resolve_parameter_names",
     "compute_delta",
+    "approve_mass_delete",
     "apply_changes",
     "publish_metrics",
 ]
@@ -94,6 +95,26 @@ def test_deadline_minutes_sets_the_deadline_and_a_test_run_keeps_it(monkeypatch:
     assert [alert.interval for alert in dag.deadline] == [timedelta(minutes=7)]
 
 
+def test_a_tripped_mass_delete_guard_asks_a_human_with_airflows_approval_operator(dag: Any) -> None:
+    """approve_mass_delete sits between compute_delta and apply_changes: an ApprovalOperator whose unanswered
+    question is a Reject after DEVICE_SYNC_APPROVAL_TIMEOUT_MINUTES, in the database pool."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    approval = dag.get_task("approve_mass_delete")
+    assert isinstance(approval, ApprovalOperator)
+    assert approval.upstream_task_ids == {"compute_delta"}
+    assert dag.get_task("apply_changes").upstream_task_ids == {"approve_mass_delete"}
+    assert approval.defaults == ["Reject"]
+    assert approval.response_timeout == timedelta(minutes=60)
+    assert approval.pool == "device_sync_db"
+
+
+def test_approval_timeout_minutes_sets_the_questions_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVICE_SYNC_APPROVAL_TIMEOUT_MINUTES", "5")
+    dag = load_dagbag().dags[DAG_ID]
+    assert dag.get_task("approve_mass_delete").response_timeout == timedelta(minutes=5)
+
+
 def test_task_graph_is_the_design_cards_chain(dag: Any) -> None:
     assert sorted(dag.task_ids) == sorted([*CHAIN, "cleanup_staging", WATCHER, ANNOUNCE])
     for upstream, downstream in itertools.pairwise(CHAIN):
@@ -119,7 +140,13 @@ def test_metrics_and_cleanup_always_run_and_a_watcher_keeps_failures_visible(dag
     assert watcher.retries == 0
     # A failed setup leaves compute_delta upstream_failed, which one_failed counts (setups themselves may only
     # be followed by all_success tasks).
-    assert watcher.upstream_task_ids == {PLAN, "compute_delta", "apply_changes", "publish_metrics"}
+    assert watcher.upstream_task_ids == {
+        PLAN,
+        "compute_delta",
+        "approve_mass_delete",
+        "apply_changes",
+        "publish_metrics",
+    }
     assert watcher.downstream_task_ids == set()
 
 
@@ -143,7 +170,7 @@ def test_publish_metrics_is_not_retried_by_airflow_but_bounded_by_its_client(dag
 
 def test_steps_mark_the_run_failed_only_once_they_have_failed_for_good(dag: Any) -> None:
     for task_id in ("discover_active_devices", "aggregate_recent_measurements", "resolve_parameter_names",
-                    "compute_delta", "apply_changes"):  # fmt: skip
+                    "compute_delta", "approve_mass_delete", "apply_changes"):  # fmt: skip
         task = dag.get_task(task_id)
         assert task.on_failure_callback, task_id
         assert not task.on_retry_callback, task_id

@@ -198,6 +198,9 @@ def test_a_tripped_guard_fails_the_run_at_once_records_it_and_publishes_the_metr
     assert state == "failed"
     assert tis["apply_changes"].state == "failed"
     assert tis["apply_changes"].try_number == 1  # a guard is not a fault: no retries
+    # A foreground dag.test() run asks no human (no scheduler would enforce the answer's timeout).
+    assert tis["approve_mass_delete"].state == "success"
+    assert tis["approve_mass_delete"].xcom_pull(task_ids="approve_mass_delete") == {"asked": False}
     assert tis["publish_metrics"].state == "success"
     sent = published(cloudwatch)
     assert (sent["MassDeleteBlocked"], sent["SyncSuccess"]) == (1, 0)

@@ -1,0 +1,67 @@
+"""approve_mass_delete's question and how its answer shows in the guard's error: pure, no I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from device_sync import approval, tasks
+from device_sync.config import load_settings
+from device_sync.guards import MASS_DELETE, STALE_MEASUREMENTS, GuardTripped
+
+REVIEW = {
+    "inserts": 3,
+    "updates": 1,
+    "deletes": 60,
+    "table_rows": 200,
+    "fingerprint": "123",
+    "deleted_sample": [
+        {"device_id": "d141", "parameter_id": "p", "device_name": "Device 141", "parameter_name": "Param"},
+        {"device_id": "d142", "parameter_id": "p", "device_name": None, "parameter_name": None},
+    ],
+}
+
+
+def test_the_question_shows_counts_share_sample_and_the_change_list() -> None:
+    settings = load_settings()
+    subject = approval.question_subject(settings, REVIEW)
+    body = approval.question_body(settings, "manual__2026-12-03T10:00:00+00:00", REVIEW)
+
+    assert subject == "device-sync dev: approve deleting 60 of 200 rows (30%) of iot_data.device_parameters?"
+    assert "| 3 | 1 | 60 | 200 | 30% |" in body
+    assert "| `d141` | `p` | Device 141 | Param |" in body
+    assert "| `d142` | `p` |  |  |" in body
+    assert "/device-sync/changes/pending?run_id=manual__2026-12-03T10%3A00%3A00%2B00%3A00" in body
+    assert "No answer within 60 minutes is a Reject" in body
+
+
+def test_an_empty_table_has_no_share() -> None:
+    subject = approval.question_subject(load_settings(), {**REVIEW, "table_rows": 0})
+    assert "(n/a)" in subject
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        ({"asked": True, "approved": False, "answered_by": "admin"}, "Rejected by admin in approve_mass_delete."),
+        ({"asked": True, "approved": False, "answered_by": None}, "No answer in approve_mass_delete in time."),
+    ],
+)
+def test_a_rejected_or_unanswered_question_is_named_in_the_mass_delete_error(answer: dict, said: str) -> None:
+    with pytest.raises(GuardTripped) as tripped, tasks.guards_explained(answer):
+        raise GuardTripped(MASS_DELETE, "mass delete blocked: 60 of 200.")
+    assert str(tripped.value) == f"mass delete blocked: 60 of 200. {said}"
+    assert tripped.value.guard == MASS_DELETE
+
+
+@pytest.mark.parametrize(
+    ("answer", "guard"),
+    [
+        ({"asked": False}, MASS_DELETE),  # nothing was asked
+        ({"asked": True, "approved": True, "answered_by": "admin"}, MASS_DELETE),  # approved: the delta changed
+        ({"asked": True, "approved": False, "answered_by": "admin"}, STALE_MEASUREMENTS),  # another guard
+    ],
+)
+def test_other_guard_errors_are_left_as_they_are(answer: dict, guard: str) -> None:
+    with pytest.raises(GuardTripped) as tripped, tasks.guards_explained(answer):
+        raise GuardTripped(guard, "as it was")
+    assert str(tripped.value) == "as it was"
