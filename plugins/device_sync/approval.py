@@ -114,7 +114,7 @@ Every change of this run: [{pending}]({pending})
 
 **Approve** applies exactly this delta: if it has changed when the run gets the writers' lock, nothing is
 applied and the run fails. **Reject** fails the run (MassDeleteBlocked=1).
-No answer within {settings.approval_timeout_minutes} minutes is a Reject.
+No answer within {settings.approval_timeout_minutes} minute(s) is a Reject.
 Check the sources (is a device or the measurements pipeline down?) before approving.
 """
 

@@ -31,7 +31,7 @@ def test_the_question_shows_counts_share_sample_and_the_change_list() -> None:
     assert "| `d141` | `p` | Device 141 | Param |" in body
     assert "| `d142` | `p` |  |  |" in body
     assert "/device-sync/changes/pending?run_id=manual__2026-12-03T10%3A00%3A00%2B00%3A00" in body
-    assert "No answer within 60 minutes is a Reject" in body
+    assert "No answer within 60 minute(s) is a Reject" in body
 
 
 def test_an_empty_table_has_no_share() -> None:
