@@ -5,7 +5,9 @@ One test, step by step, with a screenshot per step under tests/artifacts/browser
 log in through the simple auth manager's login page, open the DAG, trigger it through the Trigger form with
 "Dry run" switched on, see the run succeed in the UI (and confirm through the REST API and the run history
 that the run's conf had dry_run true), then open the plugin's status page from the "Device sync status" nav
-link (an iframe inside the UI) and directly, and see its runs table and chart.
+link (an iframe inside the UI) and directly, and see its runs table and chart; finally answer a tripped
+mass-delete guard's question (approve_mass_delete) with "Approve" on the task's Required Action page and see
+the run apply it.
 
 What counts as a page error (the test fails on any of them, listing them all):
 - a document (page or iframe) answered with HTTP status >= 400, or any response >= 500 from the stack;
@@ -26,11 +28,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
 from playwright.sync_api import ConsoleMessage, Frame, FrameLocator, Page, Response, expect, sync_playwright
-from stack_helpers import set_paused
+from stack_helpers import set_paused, wait_until
 
 from conftest import REPO, running_airflow_stack
 from device_sync.demo import load_demo_fleet
@@ -95,6 +98,12 @@ def unpaused(stack: Any) -> None:
     else:
         raise TimeoutError(f"the scheduled run started by unpausing did not finish: {runs}")
     load_fleet(stack)
+
+
+def task_state(stack: Any, token: str, run_id: str, task_id: str) -> str | None:
+    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
+    _, ti = stack.request("GET", path, token=token)
+    return ti.get("state") if isinstance(ti, dict) else None
 
 
 class PageErrors:
@@ -269,6 +278,49 @@ def test_trigger_a_dry_run_from_the_ui_and_see_it_on_the_status_page(stack: Any,
             shoot(page, "status_page", shots)
             errors.check_text(page, "status page")
             errors.assert_none("status page")
+
+            # 9. A run whose mass-delete guard trips asks in approve_mass_delete; approved in the UI's
+            # Required Actions page of the task, it applies the mass delete.
+            with psycopg.connect(stack.data_url, autocommit=True) as conn:
+                conn.execute(
+                    "INSERT INTO iot_data.device_parameters (device_id, device_name, parameter_id, parameter_name) "
+                    "SELECT 'ghost-' || g, 'Ghost', 'p', 'Param' FROM generate_series(1, 2000) g"
+                )
+            status, asking = stack.request(
+                "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None}, token=token
+            )
+            assert status == 200, asking
+            asking_id = asking["dag_run_id"]
+            wait_until(
+                lambda: task_state(stack, token, asking_id, "approve_mass_delete") == "awaiting_input",
+                RUN_TIMEOUT_S,
+                "the run whose mass-delete guard tripped never asked",
+            )
+            response = page.goto(
+                f"{base}/dags/{DAG_ID}/runs/{quote(asking_id, safe='')}/tasks/approve_mass_delete/required_actions",
+                wait_until="domcontentloaded",
+            )
+            assert response is not None and response.status < 400
+            expect(page.get_by_text("approve deleting", exact=False).first).to_be_visible()
+            approve = page.get_by_role("button", name="Approve")
+            expect(approve).to_be_visible()
+            page.wait_for_load_state("networkidle")
+            shoot(page, "approval_question", shots)
+            errors.check_text(page, "approval question")
+            errors.assert_none("approval question")
+            with page.expect_response(lambda r: r.request.method == "PATCH" and "hitlDetails" in r.url) as answered:
+                approve.click()
+            assert answered.value.status == 200, answered.value.text()
+            finished = stack.wait_for_run(DAG_ID, asking_id, token, timeout=RUN_TIMEOUT_S)
+            assert finished["state"] == "success", finished
+            with psycopg.connect(stack.data_url) as conn:
+                ghosts = conn.execute("SELECT count(*) FROM iot_data.device_parameters WHERE device_id LIKE 'ghost-%'")
+                assert ghosts.fetchone() == (0,)
+            page.reload(wait_until="domcontentloaded")
+            page.wait_for_load_state("networkidle")
+            shoot(page, "approval_answered", shots)
+            errors.check_text(page, "approval answered")
+            errors.assert_none("approval answered")
         except BaseException:
             if page is not None:
                 try:
