@@ -157,6 +157,27 @@ def airflow_db() -> None:
     Pool.create_or_update_pool(pool.NAME, slots=4, description=pool.DESCRIPTION, include_deferred=False)
 
 
+@pytest.fixture
+def client(airflow_db: None) -> Iterator[Any]:
+    """The plugin's HTTP app in-process (FastAPI's TestClient on ``device_sync.api.app``)."""
+    from fastapi.testclient import TestClient
+
+    from device_sync import api
+
+    with TestClient(api.app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def logged_in() -> Iterator[None]:
+    """Stands in for Airflow's login check of the plugin's app only (the stack tests use real tokens)."""
+    from device_sync import api
+
+    api.app.dependency_overrides[api.require_dag_read] = lambda: None
+    yield
+    api.app.dependency_overrides.pop(api.require_dag_read, None)
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """A moto server on a free loopback port; the ``aws_default`` connection points at it."""

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from device_sync import sync
+from device_sync.config import load_settings
 
 
 def execute(conn: psycopg.Connection[Any], statement: str | sql.Composable, params: Any = None) -> None:
@@ -76,3 +80,23 @@ def checksum(conn: psycopg.Connection[Any], table: str) -> tuple[int, str]:
     ).format(sql.Identifier(*table.split(".")))
     ((count, digest),) = query(conn, statement)
     return count, digest
+
+
+def one_parameter_fleet(conn: psycopg.Connection[Any], *, devices: int, reporting: int, measured_at: datetime) -> None:
+    """``devices`` active devices with one parameter each, all in the target; ``reporting`` of them measured."""
+    conn.execute(
+        "INSERT INTO iot_data.redshift_devices SELECT 'd' || g, 'Device ' || g, true FROM generate_series(1, %s) g",
+        (devices,),
+    )
+    conn.execute("INSERT INTO iot_data.timescale_parameters VALUES ('p', 'Param')")
+    conn.execute(
+        "INSERT INTO iot_data.measurements SELECT 'd' || g, 'p', %s, 1 FROM generate_series(1, %s) g",
+        (measured_at - timedelta(minutes=5), reporting),
+    )
+    sync.ensure_schema(conn, load_settings())
+    conn.execute(
+        "INSERT INTO iot_data.device_parameters (device_id, device_name, parameter_id, parameter_name) "
+        "SELECT 'd' || g, 'Device ' || g, 'p', 'Param' FROM generate_series(1, %s) g",
+        (devices,),
+    )
+    conn.commit()

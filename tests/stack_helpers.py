@@ -88,3 +88,29 @@ def apply_attempts(stack: Any, token: str) -> list[tuple[str, str, int]]:
         if status == 200:
             attempts.append((run["dag_run_id"], ti["state"], int(ti["try_number"])))
     return attempts
+
+
+def sns_queue(moto_server: str, name: str) -> tuple[str, Any]:
+    """A moto SNS topic ``name`` with an SQS queue subscribed: (topic ARN, a function that drains the queue
+    and returns the subjects received since its last call; deadline alerts only when asked, since a slow run
+    of another test may cross a short deadline)."""
+    import json
+
+    import boto3
+
+    sns = boto3.client("sns", endpoint_url=moto_server, region_name="us-east-1")
+    sqs = boto3.client("sqs", endpoint_url=moto_server, region_name="us-east-1")
+    topic = sns.create_topic(Name=name)["TopicArn"]
+    queue = sqs.create_queue(QueueName=name)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+
+    def drain(deadlines: bool = False) -> list[str]:
+        received = []
+        while batch := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages"):
+            for message in batch:
+                received.append(json.loads(message["Body"]).get("Subject", ""))
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+        return [subject for subject in received if deadlines or "deadline" not in subject]
+
+    return topic, drain

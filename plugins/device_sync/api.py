@@ -279,7 +279,11 @@ def changes(
     whether there is a next page (``has_more``, ``next_offset``)."""
     params = {"device_id": device_id, "parameter_id": parameter_id, "run_id": run_id}
     results = _query(load_settings(), [("changes.sql", {**params, "limit": limit + 1, "offset": offset})])
-    rows = results[0] if results is not None else []
+    return _changes_page(results[0] if results is not None else [], limit, offset)
+
+
+def _changes_page(rows: list[dict[str, Any]], limit: int, offset: int) -> dict[str, Any]:
+    """A page of changes from ``limit + 1`` rows read: the extra one only tells that there is a next page."""
     has_more = len(rows) > limit
     items = rows[:limit]
     return {
@@ -308,17 +312,7 @@ def pending_changes(
     results = _query(settings, [("pending_changes.sql", {"limit": limit + 1, "offset": offset})], tables)
     if results is None:
         raise HTTPException(status_code=404, detail="no changes of this run wait for approval")
-    rows = results[0]
-    has_more = len(rows) > limit
-    items = rows[:limit]
-    return {
-        "run_id": run_id,
-        "changes": items,
-        "limit": limit,
-        "offset": offset,
-        "has_more": has_more,
-        "next_offset": _next_offset(offset, len(items), has_more),
-    }
+    return {"run_id": run_id, **_changes_page(results[0], limit, offset)}
 
 
 @app.get("/", response_class=HTMLResponse, dependencies=AUTHORIZED)

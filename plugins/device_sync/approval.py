@@ -24,7 +24,7 @@ from urllib.parse import quote
 from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 from airflow.sdk.exceptions import TaskAwaitingInput
 
-from device_sync.config import Settings
+from device_sync.config import Settings, load_settings
 
 TASK_ID = "approve_mass_delete"
 DAG_ID = "device_parameter_sync"
@@ -52,7 +52,7 @@ class MassDeleteApproval(ApprovalOperator):
         if review is None:
             self.log.info("The mass-delete guard would not trip: nothing to approve.")
             return {"asked": False}
-        settings = tasks.load_settings()
+        settings = load_settings()
         self.subject = question_subject(settings, review)
         self.body = question_body(settings, context["dag_run"].run_id, review)
         self.log.info("%s Waiting for an answer (%s minutes at most).", self.subject, settings.approval_timeout_minutes)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
+from airflow.sdk.definitions.callback import SyncCallback
+from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
 from device_sync import notifications
 from device_sync.config import Settings

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import boto3
 import psycopg
 import pytest
-from stack_helpers import DAG_ID, set_paused, wait_until
+from stack_helpers import DAG_ID, set_paused, sns_queue, wait_until
 
 from conftest import running_airflow_stack
 from device_sync import metrics
@@ -31,8 +31,14 @@ GHOSTS = 2000  # rows of devices that report nothing: deleting them is far above
 
 
 @pytest.fixture(scope="module")
-def stack(moto_server: str) -> Iterator[Any]:
+def alert_queue(moto_server: str) -> tuple[str, Any]:
+    return sns_queue(moto_server, "device-sync-e2e-approval-alerts")
+
+
+@pytest.fixture(scope="module")
+def stack(moto_server: str, alert_queue: tuple[str, Any]) -> Iterator[Any]:
     with running_airflow_stack(
+        DEVICE_SYNC_ALERT_SNS_TOPIC_ARN=alert_queue[0],
         DEVICE_SYNC_SCHEDULE="0 0 1 1 *",
         DEVICE_SYNC_APPROVAL_TIMEOUT_MINUTES="1",
         # how often the scheduler resolves unanswered questions whose time is up (default 15 s)
@@ -138,8 +144,10 @@ def test_an_approved_mass_delete_is_applied_and_only_editors_may_answer(stack: A
 
 
 def test_a_rejected_mass_delete_fails_the_run_as_the_guard_always_did(
-    stack: Any, tripping_run: Any, moto_server: str
+    stack: Any, tripping_run: Any, moto_server: str, alert_queue: tuple[str, Any]
 ) -> None:
+    _, drain = alert_queue
+    drain()  # what earlier tests sent
     token, run_id = tripping_run
     assert answer(stack, token, run_id, "Reject")[0] == 200
     assert stack.wait_for_run(DAG_ID, run_id, token)["state"] == "failed"
@@ -156,6 +164,9 @@ def test_a_rejected_mass_delete_fails_the_run_as_the_guard_always_did(
         until=now + timedelta(minutes=1),
     )  # fmt: skip
     assert sent["MassDeleteBlocked"] == 1
+    assert wait_until(drain, 90, "no SNS message after the rejected run") == [
+        "device-sync dev: run failed in apply_changes"
+    ]
 
 
 def test_no_answer_in_time_is_a_reject(stack: Any, tripping_run: Any) -> None:

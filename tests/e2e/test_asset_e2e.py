@@ -6,7 +6,6 @@ Every wait is bounded."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -15,10 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import psycopg
 import pytest
-from stack_helpers import DAG_ID, set_paused, wait_until
+from stack_helpers import DAG_ID, set_paused, sns_queue, wait_until
 
 from conftest import REPO, running_airflow_stack
 from device_sync.demo import load_demo_fleet
@@ -51,25 +49,7 @@ device_parameters_consumer()
 
 @pytest.fixture(scope="module")
 def alert_queue(moto_server: str) -> tuple[str, Any]:
-    """A moto SNS topic with an SQS queue subscribed: (topic ARN, a function that drains the queue)."""
-    sns = boto3.client("sns", endpoint_url=moto_server, region_name="us-east-1")
-    sqs = boto3.client("sqs", endpoint_url=moto_server, region_name="us-east-1")
-    topic = sns.create_topic(Name="device-sync-e2e-alerts")["TopicArn"]
-    queue = sqs.create_queue(QueueName="device-sync-e2e-alerts")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
-
-    def drain(deadlines: bool = False) -> list[str]:
-        """The subjects received since the last call; deadline alerts only when asked (a slow run of another
-        test may cross the one-minute deadline of this stack)."""
-        received = []
-        while batch := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages"):
-            for message in batch:
-                received.append(json.loads(message["Body"]).get("Subject", ""))
-                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
-        return [subject for subject in received if deadlines or "deadline" not in subject]
-
-    return topic, drain
+    return sns_queue(moto_server, "device-sync-e2e-alerts")
 
 
 @pytest.fixture(scope="module")

@@ -45,20 +45,6 @@ def history(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
     api.reset_health_cache()
 
 
-@pytest.fixture
-def client(airflow_db: None) -> Iterator[TestClient]:
-    with TestClient(api.app) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def logged_in() -> Iterator[None]:
-    """Stands in for Airflow's login check only (the stack tests use real tokens)."""
-    api.app.dependency_overrides[api.require_dag_read] = lambda: None
-    yield
-    api.app.dependency_overrides.pop(api.require_dag_read, None)
-
-
 def add_run(
     conn: psycopg.Connection[Any],
     run_id: str,

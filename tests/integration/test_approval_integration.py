@@ -5,7 +5,6 @@ delta is the one approved. The question itself, answered through Airflow, is in 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,11 +12,12 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from device_sync import api, sync
+from device_sync import sync
 from device_sync.config import load_settings
 from device_sync.guards import GuardTripped
 from device_sync.staging import StagingTables
 from device_sync.window import Window
+from source_data import one_parameter_fleet
 
 DAG_ID = "device_parameter_sync"
 T = datetime(2026, 11, 30, 12, tzinfo=UTC)
@@ -25,25 +25,7 @@ WINDOW = Window.ending_at(T, 60)
 
 
 def fleet(conn: psycopg.Connection[Any], *, devices: int, reporting: int, measured_at: datetime = T) -> None:
-    """``devices`` active devices with one parameter each, all in the target; ``reporting`` of them measured."""
-    conn.execute(
-        "INSERT INTO iot_data.redshift_devices SELECT 'd' || lpad(g::text, 3, '0'), 'Device ' || g, true "
-        "FROM generate_series(1, %s) g",
-        (devices,),
-    )
-    conn.execute("INSERT INTO iot_data.timescale_parameters VALUES ('p', 'Param')")
-    conn.execute(
-        "INSERT INTO iot_data.measurements SELECT 'd' || lpad(g::text, 3, '0'), 'p', %s, 1 "
-        "FROM generate_series(1, %s) g",
-        (measured_at - timedelta(minutes=5), reporting),
-    )
-    sync.ensure_schema(conn, load_settings())
-    conn.execute(
-        "INSERT INTO iot_data.device_parameters (device_id, device_name, parameter_id, parameter_name) "
-        "SELECT 'd' || lpad(g::text, 3, '0'), 'Device ' || g, 'p', 'Param' FROM generate_series(1, %s) g",
-        (devices,),
-    )
-    conn.commit()
+    one_parameter_fleet(conn, devices=devices, reporting=reporting, measured_at=measured_at)
 
 
 def staged_run(conn: psycopg.Connection[Any], run_id: str = "run") -> tuple[StagingTables, dict[str, Any]]:
@@ -166,20 +148,6 @@ def test_an_approved_mass_delete_is_not_applied_when_the_delta_changed(
 
 
 # --- the approver's list: GET /device-sync/changes/pending ------------------------------------------------
-
-
-@pytest.fixture
-def client(airflow_db: None) -> Iterator[TestClient]:
-    with TestClient(api.app) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def logged_in() -> Iterator[None]:
-    """Stands in for Airflow's login check only (the e2e tests use real tokens)."""
-    api.app.dependency_overrides[api.require_dag_read] = lambda: None
-    yield
-    api.app.dependency_overrides.pop(api.require_dag_read, None)
 
 
 def test_the_pending_changes_of_a_run_page_by_pair(

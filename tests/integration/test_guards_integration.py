@@ -18,6 +18,7 @@ from device_sync.config import load_settings
 from device_sync.guards import GuardTripped
 from device_sync.staging import StagingTables
 from device_sync.window import Window
+from source_data import one_parameter_fleet
 
 DAG_ID = "device_parameter_sync"
 T = datetime(2026, 11, 30, 12, tzinfo=UTC)
@@ -25,23 +26,7 @@ NAMESPACE = "IoT/DeviceParameterSync"
 
 
 def fleet(conn: psycopg.Connection[Any], *, devices: int, reporting: int, measured_at: datetime = T) -> None:
-    """``devices`` active devices with one parameter each, all in the target; ``reporting`` of them measured."""
-    conn.execute(
-        "INSERT INTO iot_data.redshift_devices SELECT 'd' || g, 'Device ' || g, true FROM generate_series(1, %s) g",
-        (devices,),
-    )
-    conn.execute("INSERT INTO iot_data.timescale_parameters VALUES ('p', 'Param')")
-    conn.execute(
-        "INSERT INTO iot_data.measurements SELECT 'd' || g, 'p', %s, 1 FROM generate_series(1, %s) g",
-        (measured_at - timedelta(minutes=5), reporting),
-    )
-    sync.ensure_schema(conn, load_settings())
-    conn.execute(
-        "INSERT INTO iot_data.device_parameters (device_id, device_name, parameter_id, parameter_name) "
-        "SELECT 'd' || g, 'Device ' || g, 'p', 'Param' FROM generate_series(1, %s) g",
-        (devices,),
-    )
-    conn.commit()
+    one_parameter_fleet(conn, devices=devices, reporting=reporting, measured_at=measured_at)
 
 
 def run_sync(conn: psycopg.Connection[Any], end: datetime = T, run_id: str = "run", **options: Any) -> dict[str, Any]:
