@@ -40,6 +40,7 @@ DATABASE_TASKS = {
     "aggregate_recent_measurements",
     "resolve_parameter_names",
     "compute_delta",
+    "approve_mass_delete",
     "apply_changes",
     "cleanup_staging",
 }
