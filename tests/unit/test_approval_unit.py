@@ -65,3 +65,9 @@ def test_other_guard_errors_are_left_as_they_are(answer: dict, guard: str) -> No
     with pytest.raises(GuardTripped) as tripped, tasks.guards_explained(answer):
         raise GuardTripped(guard, "as it was")
     assert str(tripped.value) == "as it was"
+
+
+@pytest.mark.parametrize("params", [{"allow_mass_delete": True}, {"dry_run": True}])
+def test_allow_mass_delete_and_a_dry_run_ask_nothing_and_touch_no_database(params: dict) -> None:
+    """Decided from the run's params before any connection is opened (unit tests have no database)."""
+    assert tasks.review_mass_delete({"params": params, "dag_run": None}) is None
