@@ -231,11 +231,13 @@ def mass_delete_review(
     tables: StagingTables,
     *,
     run: dict[str, Any],
+    deletes: int,
     device_ids: Sequence[str] | None = None,
     force_apply: bool = False,
 ) -> dict[str, Any] | None:
     """What a human must see to approve this run's mass delete, or None when apply_changes would not trip the
     mass-delete guard (another guard decides first, or the deletes are within DEVICE_SYNC_MAX_DELETE_FRACTION).
+    ``deletes`` is compute_delta's count: a run that asks nothing pays only guard_state.sql's counts.
 
     The run's changes are written once to its ``pending_changes`` staging table: the approver pages through
     them, and the review carries their counts and fingerprint, which apply_changes compares with the delta it
@@ -249,7 +251,6 @@ def mass_delete_review(
                 return None  # an older window: apply_changes records the delta, applies nothing
         except guards.GuardTripped:
             return None  # stale measurements: not a question for a human, the run fails as before
-        deletes = _count_changes(cur, settings, tables, device_ids)["deletes"]
         if not guards.mass_delete_exceeds(settings, state["table_rows"], deletes):
             return None
         staging.rebuild(

@@ -139,12 +139,16 @@ def review_mass_delete(context: Mapping[str, Any]) -> dict[str, Any] | None:
     options = RunOptions.from_params(context.get("params"))
     if options.dry_run or options.allow_mass_delete:
         return None
+    delta = context["ti"].xcom_pull(task_ids="compute_delta") or {}
+    if not delta.get("deletes"):
+        return None  # nothing to delete: no mass delete
     with connection(settings) as conn:
         return sync.mass_delete_review(
             conn,
             settings,
             staging_of(context["dag_run"], settings),
             run=run_record(context, settings),
+            deletes=int(delta["deletes"]),
             device_ids=options.device_ids,
             force_apply=options.force_apply,
         )

@@ -28,20 +28,23 @@ def fleet(conn: psycopg.Connection[Any], *, devices: int, reporting: int, measur
     one_parameter_fleet(conn, devices=devices, reporting=reporting, measured_at=measured_at)
 
 
-def staged_run(conn: psycopg.Connection[Any], run_id: str = "run") -> tuple[StagingTables, dict[str, Any]]:
-    """The steps before approve_mass_delete, as the DAG runs them; the run's record for apply_changes."""
+def staged_run(conn: psycopg.Connection[Any], run_id: str = "run") -> tuple[StagingTables, dict[str, Any], int]:
+    """The steps before approve_mass_delete, as the DAG runs them: the staging, the run's record for
+    apply_changes, and compute_delta's delete count (what the task gets from XCom)."""
     settings = load_settings()
     tables = StagingTables.for_run(settings.staging_schema, DAG_ID, run_id)
     sync.discover_active_devices(conn, settings, tables, window_end=WINDOW.end)
     sync.aggregate_recent_measurements(conn, settings, tables, WINDOW)
     sync.resolve_parameter_names(conn, settings, tables)
-    sync.compute_delta(conn, settings, tables)
+    delta = sync.compute_delta(conn, settings, tables)
     run = {"run_id": run_id, "dag_id": DAG_ID, "window_start": WINDOW.start, "window_end": WINDOW.end}
-    return tables, run
+    return tables, run, delta["deletes"]
 
 
-def review(conn: psycopg.Connection[Any], tables: StagingTables, run: dict[str, Any]) -> dict[str, Any] | None:
-    return sync.mass_delete_review(conn, load_settings(), tables, run=run)
+def review(
+    conn: psycopg.Connection[Any], tables: StagingTables, run: dict[str, Any], deletes: int
+) -> dict[str, Any] | None:
+    return sync.mass_delete_review(conn, load_settings(), tables, run=run, deletes=deletes)
 
 
 def apply(conn: psycopg.Connection[Any], tables: StagingTables, run: dict[str, Any], **options: Any) -> dict[str, Any]:
@@ -54,8 +57,8 @@ def table_size(conn: psycopg.Connection[Any]) -> int:
 
 def test_a_delta_within_the_allowed_fraction_asks_nothing(conn: psycopg.Connection[Any]) -> None:
     fleet(conn, devices=200, reporting=160)  # 40 of 200 (20 %) go: within DEVICE_SYNC_MAX_DELETE_FRACTION=0.25
-    tables, run = staged_run(conn)
-    assert review(conn, tables, run) is None
+    tables, run, deletes = staged_run(conn)
+    assert review(conn, tables, run, deletes) is None
     assert conn.execute("SELECT to_regclass(%s)", (tables.table("pending_changes").as_string(conn),)).fetchone() == (
         None,
     )
@@ -64,8 +67,8 @@ def test_a_delta_within_the_allowed_fraction_asks_nothing(conn: psycopg.Connecti
 def test_stale_measurements_and_an_older_window_ask_nothing(conn: psycopg.Connection[Any]) -> None:
     """Those guards decide before the mass-delete one: no question, the run goes on as before."""
     fleet(conn, devices=200, reporting=0, measured_at=T - timedelta(days=1))
-    tables, run = staged_run(conn)
-    assert review(conn, tables, run) is None  # stale measurements: the run fails in apply_changes
+    tables, run, deletes = staged_run(conn)
+    assert review(conn, tables, run, deletes) is None  # stale measurements: the run fails in apply_changes
 
     conn.execute("INSERT INTO iot_data.measurements SELECT device_id, 'p', %s, 1 FROM iot_data.redshift_devices "
                  "LIMIT 100", (T - timedelta(minutes=5),))  # fmt: skip
@@ -75,15 +78,15 @@ def test_stale_measurements_and_an_older_window_ask_nothing(conn: psycopg.Connec
         (DAG_ID, T, T + timedelta(hours=1)),
     )
     conn.commit()
-    tables, run = staged_run(conn, "older")
-    assert review(conn, tables, run) is None  # an older window only records its delta
+    tables, run, deletes = staged_run(conn, "older")
+    assert review(conn, tables, run, deletes) is None  # an older window only records its delta
 
 
 def test_the_review_counts_shares_samples_and_stages_every_change(conn: psycopg.Connection[Any]) -> None:
     fleet(conn, devices=200, reporting=140)  # 60 of 200 rows (30 %) would go
-    tables, run = staged_run(conn)
+    tables, run, deletes = staged_run(conn)
 
-    asked = review(conn, tables, run)
+    asked = review(conn, tables, run, deletes)
 
     assert asked is not None
     assert (asked["inserts"], asked["updates"], asked["deletes"], asked["table_rows"]) == (0, 0, 60, 200)
@@ -104,8 +107,8 @@ def test_an_approved_mass_delete_is_applied_while_the_delta_is_the_one_approved(
     conn: psycopg.Connection[Any],
 ) -> None:
     fleet(conn, devices=200, reporting=140)
-    tables, run = staged_run(conn)
-    approved = review(conn, tables, run)
+    tables, run, deletes = staged_run(conn)
+    approved = review(conn, tables, run, deletes)
     assert approved is not None
 
     with pytest.raises(GuardTripped):  # without the approval the guard trips as always
@@ -130,8 +133,8 @@ def test_an_approved_mass_delete_is_not_applied_when_the_delta_changed(
     conn: psycopg.Connection[Any], change: str
 ) -> None:
     fleet(conn, devices=200, reporting=140)
-    tables, run = staged_run(conn)
-    approved = review(conn, tables, run)
+    tables, run, deletes = staged_run(conn)
+    approved = review(conn, tables, run, deletes)
     assert approved is not None
     conn.execute(change)
     conn.commit()
@@ -154,8 +157,8 @@ def test_the_pending_changes_of_a_run_page_by_pair(
     conn: psycopg.Connection[Any], client: TestClient, logged_in: None
 ) -> None:
     fleet(conn, devices=200, reporting=140)
-    tables, run = staged_run(conn, "scheduled__2026-11-30T12:00:00+00:00")
-    assert review(conn, tables, run) is not None
+    tables, run, deletes = staged_run(conn, "scheduled__2026-11-30T12:00:00+00:00")
+    assert review(conn, tables, run, deletes) is not None
 
     first = client.get("/changes/pending", params={"run_id": run["run_id"], "limit": 50}).json()
     rest = client.get("/changes/pending", params={"run_id": run["run_id"], "offset": 50}).json()
