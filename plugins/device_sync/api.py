@@ -209,7 +209,8 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 # Bounded: PostgreSQL's OFFSET is a bigint, and a page that far is a mistake anyway.
 Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]
 # No NUL (PostgreSQL text cannot hold it) and a bounded length: a bad filter is the caller's error (422).
-Filter = Annotated[str | None, Query(max_length=1024, pattern=r"^[^\x00]*$")]
+NO_NUL = r"^[^\x00]*$"
+Filter = Annotated[str | None, Query(max_length=1024, pattern=NO_NUL)]
 
 
 def _query(
@@ -297,7 +298,7 @@ def _changes_page(rows: list[dict[str, Any]], limit: int, offset: int) -> dict[s
 
 @app.get("/changes/pending", dependencies=AUTHORIZED)
 def pending_changes(
-    run_id: Annotated[str, Query(min_length=1, max_length=1024, pattern=r"^[^\x00]*$")],
+    run_id: Annotated[str, Query(min_length=1, max_length=1024, pattern=NO_NUL)],
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> dict[str, Any]:

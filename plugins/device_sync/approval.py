@@ -27,7 +27,6 @@ from airflow.sdk.exceptions import TaskAwaitingInput
 from device_sync.config import Settings, load_settings
 
 TASK_ID = "approve_mass_delete"
-DAG_ID = "device_parameter_sync"
 
 
 class MassDeleteApproval(ApprovalOperator):
@@ -87,10 +86,9 @@ def question_subject(settings: Settings, review: dict[str, Any]) -> str:
 
 def question_body(settings: Settings, run_id: str, review: dict[str, Any]) -> str:
     """Markdown: the would-be counts, the share of the table, a sample of the deleted pairs, the links."""
-    from airflow.configuration import conf
+    from device_sync.notifications import link
 
-    base = conf.get("api", "base_url", fallback="http://localhost:8080").rstrip("/")
-    pending = f"{base}/device-sync/changes/pending?run_id={quote(run_id, safe='')}"
+    pending = link(f"/device-sync/changes/pending?run_id={quote(run_id, safe='')}")
     sample = "\n".join(
         f"| `{row['device_id']}` | `{row['parameter_id']}` | {row.get('device_name') or ''} | "
         f"{row.get('parameter_name') or ''} |"

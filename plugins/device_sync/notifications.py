@@ -93,11 +93,15 @@ def _exists(cur: Any, settings: Settings) -> bool:
     return bool(row and row[0])
 
 
-def _links(run_id: str) -> tuple[str, str]:
+def link(path: str) -> str:
+    """An absolute link into the Airflow UI or the plugin (``[api] base_url``) for messages and questions."""
     from airflow.configuration import conf
 
-    base = conf.get("api", "base_url", fallback="http://localhost:8080").rstrip("/")
-    return f"{base}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}", f"{base}/device-sync/changes?run_id={quote(run_id)}"
+    return conf.get("api", "base_url", fallback="http://localhost:8080").rstrip("/") + path
+
+
+def _links(run_id: str) -> tuple[str, str]:
+    return link(f"/dags/{DAG_ID}/runs/{quote(run_id, safe='')}"), link(f"/device-sync/changes?run_id={quote(run_id)}")
 
 
 def _window(state: Mapping[str, Any]) -> str:

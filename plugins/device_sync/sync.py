@@ -315,11 +315,12 @@ def apply_changes(
             would = _count_changes(cur, settings, tables, device_ids)
             counts = {"inserted": would["inserts"], "updated": would["updates"], "deleted": would["deletes"]}
         else:
+            with_changes = changes_identifiers(tables, settings)
             if approved is not None:
-                _refuse_a_changed_delta(cur, changes_identifiers(tables, settings)["changes"], approved, device_ids)
+                _refuse_a_changed_delta(cur, with_changes["changes"], approved, device_ids)
             applied_counts = db.fetch_one_dict(
                 cur,
-                db.compose(f"{db.STEPS_SQL}apply_changes.sql", changes_identifiers(tables, settings)),
+                db.compose(f"{db.STEPS_SQL}apply_changes.sql", with_changes),
                 {**_scope(device_ids), "run_id": run["run_id"]},
             )
             counts = {key: int(value) for key, value in applied_counts.items()}
