@@ -183,6 +183,9 @@ def test_one_active_run_tags_owner_and_docs(dag: Any) -> None:
     assert dag.owner == "iot-data-platform"
     assert "[window_end - lookback, window_end)" in dag.doc_md
     assert "When a task fails" in dag.doc_md
+    # What the operator sees of the Airflow-native operations (issue 15): the Asset, SNS, deadline, approval.
+    for line in ("announce_change", "run missed its deadline", "recovered", "### Approving a mass delete"):
+        assert line in dag.doc_md, line
     for task_id in CHAIN:
         assert dag.get_task(task_id).doc_md, task_id
 
