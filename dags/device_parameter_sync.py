@@ -10,18 +10,21 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, chain, task
+from airflow.sdk import Param, chain, task
 
 from device_sync import approval, assets, deadline, notifications, options, pool, resources, tasks
+from device_sync.compat import CronTriggerTimetable, TriggerRule, features_markdown, log_disabled_features
 from device_sync.config import load_settings
 from device_sync.dag_class import DeviceSyncDAG
 
 settings = load_settings()
+# Features this Airflow lacks (human approval before 3.3, deadlines before 3.2) are said once in the parse log.
+log_disabled_features()
 
 
 with DeviceSyncDAG(
     dag_id="device_parameter_sync",
-    doc_md=resources.runbook(),
+    doc_md=resources.runbook() + features_markdown(),
     schedule=CronTriggerTimetable(
         settings.schedule, timezone="UTC", interval=timedelta(minutes=settings.lookback_minutes)
     ),
@@ -71,8 +74,6 @@ with DeviceSyncDAG(
     # One SNS message per failed run, and one when a run succeeds after a failure (DEVICE_SYNC_ALERT_SNS_TOPIC_ARN).
     on_failure_callback=notifications.run_failed,
     on_success_callback=notifications.run_succeeded,
-    # A run still going DEVICE_SYNC_DEADLINE_MINUTES (default: one schedule interval) after it was queued.
-    deadline=deadline.alert(settings),
     default_args={
         "owner": "iot-data-platform",
         "retries": settings.retries,
@@ -81,6 +82,8 @@ with DeviceSyncDAG(
         "max_retry_delay": timedelta(minutes=10),
         "execution_timeout": timedelta(minutes=settings.task_timeout_minutes),
     },
+    # A run still going DEVICE_SYNC_DEADLINE_MINUTES (default: one schedule interval) after it was queued.
+    **deadline.dag_kwargs(settings),
 ) as device_parameter_sync_dag:
     # A step that failed for good (not an attempt a retry may fix) marks the run failed in the run history.
     # Steps query the IoT database: the pool bounds how many of them (of every run) hold a session at once.
@@ -97,9 +100,8 @@ with DeviceSyncDAG(
     names = step(tasks.resolve_parameter_names, inlets=[assets.parameters(settings)])(shard_plan)
     delta = step(tasks.compute_delta)()
     # A tripped mass-delete guard asks a human (Approve / Reject) instead of failing the run at once.
-    approval_asked = approval.MassDeleteApproval(
-        task_id=approval.TASK_ID,
-        settings=settings,
+    approval_asked = approval.approve_mass_delete(
+        settings,
         doc_md=approval.__doc__,
         on_failure_callback=tasks.record_step_failure,
         pool=pool.NAME,

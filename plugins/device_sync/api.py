@@ -20,7 +20,7 @@ import html
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from device_sync import db, history, pool
+from device_sync import compat, db, history, pool
 from device_sync.config import Settings, load_settings
 from device_sync.guards import GUARDS, OLDER_WINDOW
 from device_sync.summary import STEP_TASK_IDS
@@ -50,16 +50,9 @@ KNOWN_TASKS = (*STEP_TASK_IDS, "approve_mass_delete", "publish_metrics")
 KNOWN_GUARDS = GUARDS
 
 
-def _dag_read_dependency() -> Callable[..., None]:
-    """Airflow's own check: a logged-in user (token or UI cookie) who may read this DAG's runs."""
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.core_api.security import requires_access_dag
-
-    return requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID)
-
-
-# One instance, so that tests may replace exactly this dependency (app.dependency_overrides).
-require_dag_read = _dag_read_dependency()
+# Airflow's own check: a logged-in user (token or UI cookie) who may read this DAG's runs. One instance, so that
+# tests may replace exactly this dependency (app.dependency_overrides).
+require_dag_read = compat.dag_runs_read_check(DAG_ID)
 AUTHORIZED = [Depends(require_dag_read)]
 
 # No /docs, /redoc or /openapi.json: the plugin app is mounted without Airflow's authentication, so they would

@@ -12,69 +12,42 @@ only users who may edit the DAG's runs may. No answer within DEVICE_SYNC_APPROVA
   (MassDeleteBlocked=1, history row, SNS message), its error saying who rejected or that nobody answered.
 
 The task asks nothing (and succeeds at once) when the guard would not trip, in a dry run, with
-allow_mass_delete, and in a foreground ``dag.test()`` run (:mod:`device_sync.dag_class`).
+allow_mass_delete, and in a foreground ``dag.test()`` run (:mod:`device_sync.dag_class`). On an Airflow
+without human-in-the-loop's ``awaiting_input`` state (before 3.3) it never asks (:mod:`device_sync.compat`).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
-from airflow.sdk.exceptions import TaskAwaitingInput
+from airflow.providers.standard.operators.python import PythonOperator
 
-from device_sync.config import Settings, load_settings
+from device_sync import compat
+from device_sync.config import Settings
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+
+log = logging.getLogger(__name__)
 
 TASK_ID = "approve_mass_delete"
 
 
-class MassDeleteApproval(ApprovalOperator):
-    """Ask a human to Approve or Reject this run's mass delete (see the module's docstring)."""
+def approve_mass_delete(settings: Settings, **kwargs: Any) -> BaseOperator:
+    """The approve_mass_delete task: the question on an Airflow with human approval, else a task that asks
+    nobody (apply_changes then fails a run whose mass-delete guard trips, as it does without a question)."""
+    if compat.HUMAN_APPROVAL.available:
+        from device_sync.approval_operator import MassDeleteApproval
 
-    def __init__(self, *, settings: Settings, **kwargs: Any) -> None:
-        super().__init__(
-            subject=f"device-sync {settings.stage}: approve a mass delete?",
-            defaults=self.REJECT,
-            response_timeout=timedelta(minutes=settings.approval_timeout_minutes),
-            **kwargs,
-        )
+        return MassDeleteApproval(task_id=TASK_ID, settings=settings, **kwargs)
+    return PythonOperator(task_id=TASK_ID, python_callable=_ask_nobody, **kwargs)
 
-    def execute(self, context: Any) -> Any:
-        from device_sync import tasks
-        from device_sync.dag_class import running_in_foreground
 
-        if running_in_foreground(context["dag"]):
-            self.log.info("A foreground dag.test() run asks no human: a tripped mass-delete guard fails it.")
-            return {"asked": False}
-        review = tasks.review_mass_delete(context)
-        if review is None:
-            self.log.info("The mass-delete guard would not trip: nothing to approve.")
-            return {"asked": False}
-        settings = load_settings()
-        self.subject = question_subject(settings, review)
-        self.body = question_body(settings, context["dag_run"].run_id, review)
-        self.log.info("%s Waiting for an answer (%s minutes at most).", self.subject, settings.approval_timeout_minutes)
-        try:
-            return super().execute(context)
-        except TaskAwaitingInput as waiting:
-            # The question's content comes back with the answer, for apply_changes to compare.
-            waiting.kwargs = {**(waiting.kwargs or {}), "review": review}
-            raise
-
-    def execute_complete(self, context: Any, event: dict[str, Any], review: dict[str, Any] | None = None) -> Any:
-        # HITLOperator's, not ApprovalOperator's: a Reject must not skip apply_changes, whose guard fails the run.
-        answer = HITLOperator.execute_complete(self, context=context, event=event)
-        approved = answer["chosen_options"] == [self.APPROVE]
-        user = answer.get("responded_by_user") or {}
-        result = {
-            "asked": True,
-            "approved": approved,
-            "answered_by": user.get("name") if isinstance(user, dict) else None,
-            **(review or {}),
-        }
-        self.log.info("%s by %s.", "Approved" if approved else "Rejected", result["answered_by"] or "the timeout")
-        return result
+def _ask_nobody() -> dict[str, Any]:
+    log.warning("approve_mass_delete: %s %s", compat.HUMAN_APPROVAL.name, compat.HUMAN_APPROVAL.without_it)
+    return {"asked": False}
 
 
 def question_subject(settings: Settings, review: dict[str, Any]) -> str:

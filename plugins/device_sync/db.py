@@ -8,10 +8,10 @@ parameters.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from copy import deepcopy
 from functools import cache
 from typing import Any
 
@@ -70,19 +70,40 @@ def connect(conn_id: str, connect_timeout: int | None = None, attempts: int = 1)
 
 
 def _connect_once(conn_id: str, connect_timeout: int | None) -> psycopg.Connection[Any]:
+    return psycopg.connect(**connect_arguments(conn_id, connect_timeout))
+
+
+def connect_arguments(conn_id: str, connect_timeout: int | None = None) -> dict[str, Any]:
+    """``psycopg.connect``'s arguments for the Airflow connection ``conn_id``, as the postgres provider's hook
+    builds them: host, port, login, password, schema (the database), the extras but the hook's own keys (and
+    ``cursor``: the steps read plain rows), and an RDS IAM token when the extra ``iam`` is set.
+
+    Built here rather than taken from ``PostgresHook.get_conn()``: the hook returns a psycopg 3 connection only
+    from provider 6.3 on with SQLAlchemy 2, and Airflow 3.0.6 (Amazon MWAA) runs provider 6.2.3 with SQLAlchemy
+    1.4, where it returns psycopg2's. One way in for every supported Airflow.
+    """
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     hook = PostgresHook(postgres_conn_id=conn_id)
-    if connect_timeout is not None:
-        hook.connection.extra = json.dumps({**hook.connection.extra_dejson, "connect_timeout": connect_timeout})
-    conn = hook.get_conn()
-    if not isinstance(conn, psycopg.Connection):
-        raise RuntimeError("device-sync needs psycopg 3 (install psycopg[binary] beside the postgres provider)")
-    if "prepare_threshold" not in hook.connection.extra_dejson:
+    connection = deepcopy(hook.connection)
+    extra = connection.extra_dejson
+    if extra.get("iam", False):
+        connection.login, connection.password, connection.port = hook.get_iam_token(connection)
+    arguments: dict[str, Any] = {
+        "host": connection.host,
+        "port": connection.port,
+        "user": connection.login,
+        "password": connection.password,
+        "dbname": connection.schema,
         # No server-side prepared statements (psycopg prepares a query run 5 times): they are session state,
         # which PgBouncer in transaction pooling mode (before 1.21) does not carry between server connections.
-        conn.prepare_threshold = None
-    return conn
+        "prepare_threshold": None,
+    }
+    ignored = {*hook.ignored_extra_options, "cursor"}
+    arguments.update({key: value for key, value in extra.items() if key not in ignored})
+    if connect_timeout is not None:
+        arguments["connect_timeout"] = connect_timeout
+    return arguments
 
 
 @contextmanager

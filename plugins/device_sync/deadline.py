@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from airflow.sdk.definitions.callback import SyncCallback
-from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
+from typing import Any
 
-from device_sync import notifications
+from device_sync import compat, notifications
 from device_sync.config import Settings
 
 
-def alert(settings: Settings) -> DeadlineAlert:
-    """A run not finished ``settings.deadline`` after it was queued sends the deadline SNS message."""
-    return DeadlineAlert(
+def dag_kwargs(settings: Settings) -> dict[str, Any]:
+    """The DAG's ``deadline`` argument: a run not finished ``settings.deadline`` after it was queued sends the
+    deadline SNS message. Nothing on an Airflow without deadline alerts (:data:`device_sync.compat.DEADLINE_ALERTS`)."""
+    if not compat.DEADLINE_ALERTS.available:
+        return {}
+    from airflow.sdk.definitions.callback import SyncCallback
+    from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
+
+    alert = DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=settings.deadline,
         callback=SyncCallback(notifications.run_missed_deadline),
     )
+    return {"deadline": alert}

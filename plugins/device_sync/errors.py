@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
-
+from device_sync.compat import AirflowFailException, AirflowNotFoundException
 from device_sync.config import Settings
 
 if TYPE_CHECKING:

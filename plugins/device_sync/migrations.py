@@ -304,7 +304,7 @@ def migrate(conn: psycopg.Connection[Any], settings: Settings) -> list[int]:
 def _connect(database_url: str | None, settings: Settings) -> psycopg.Connection[Any]:
     if database_url:
         return psycopg.connect(database_url, connect_timeout=10)
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from device_sync.compat import AirflowNotFoundException
 
     try:
         return db.connect(settings.postgres_conn_id, connect_timeout=10)

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException
-
+from device_sync.compat import AirflowFailException
 from device_sync.config import Settings
 from device_sync.window import Window
 

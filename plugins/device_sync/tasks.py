@@ -219,9 +219,8 @@ def announce_change(**context: Any) -> dict[str, Any]:
     """Emit the event of the Asset iot_data.device_parameters, with the run's window and counts, when this run
     applied at least one change. Skipped otherwise (a dry run, a guarded run, an older window, no change): a
     skipped task emits no asset event, so downstream DAGs run only after a real change."""
-    from airflow.sdk.exceptions import AirflowSkipException
-
     from device_sync import assets
+    from device_sync.compat import AirflowSkipException
 
     applied = context["ti"].xcom_pull(task_ids="apply_changes") or {}
     counts = {key: int(applied.get(key) or 0) for key in ("inserted", "deleted", "updated")}
@@ -324,6 +323,6 @@ def cleanup_staging(**context: Any) -> None:
 
 def fail_if_sync_failed() -> None:
     """Watcher: runs only when a step or publish_metrics failed, and fails so the DAG run is marked failed."""
-    from airflow.sdk.exceptions import AirflowFailException
+    from device_sync.compat import AirflowFailException
 
     raise AirflowFailException("device_parameter_sync failed: see the failed task's log (SyncSuccess=0 was published)")
