@@ -43,7 +43,7 @@ def permanent_errors() -> tuple[type[Exception], ...]:
 
 def refusals() -> tuple[type[Exception], ...]:
     """The package's own refusals: a tripped guard, a missing staging table, a future window, a database whose
-    schema is behind this version (``make migrate``)."""
+    schema is behind this version (``device-sync-migrate``)."""
     from device_sync.guards import GuardTripped
     from device_sync.migrations import SchemaError
     from device_sync.staging import StagingMissing

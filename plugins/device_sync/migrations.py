@@ -8,8 +8,8 @@ another migrate), and records it in ``<staging schema>.schema_version`` in that 
 call applies nothing. Every file is idempotent (``IF NOT EXISTS``): ``0001_baseline`` is the schema that
 device-sync created before migrations existed, so such a database is simply upgraded, its rows kept.
 
-Migrations are DDL on tables an admin owns, so the admin runs them (``make migrate``, i.e.
-``python scripts/migrate.py``, or ``python -m device_sync.migrations`` where only the wheel is installed), not
+Migrations are DDL on tables an admin owns, so the admin runs them (``device-sync-migrate`` where the wheel is
+installed, ``make migrate`` in a checkout, or the DAG ``device_sync_maintenance`` where there is no shell), not
 the DAG: its first task only reads the catalog and ``schema_version`` (:func:`ensure_current`) and fails with a
 message naming the command when the database is behind. A database without any of the package's tables is a
 fresh install, which :func:`ensure_current` migrates itself (as device-sync always created its tables).
@@ -42,9 +42,11 @@ LOCK = f"{db.STEPS_SQL}lock_target.sql"  # the writers' advisory lock, shared wi
 # otherwise silently skip a migration). The runner's own files (state.sql, schema_version.sql) start with a letter.
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 DATABASE_URL_ENV = "DEVICE_SYNC_MIGRATE_DATABASE_URL"
-COMMAND = "make migrate"
-PLAIN_COMMAND = "python scripts/migrate.py [--database-url URL]"
-GRANTS_FILE = "include/sql/grants/device_sync_role.sql"
+# What applies the migrations where the package is installed (the wheel's console script; `make migrate` in a
+# checkout), and where nobody has a shell (Amazon MWAA): the maintenance DAG.
+COMMAND = "device-sync-migrate"
+WITHOUT_A_SHELL = 'trigger the DAG device_sync_maintenance with conf {"conn_id": "<the owner\'s Airflow connection>"}'
+GRANTS_FILE = "device_sync/include/sql/grants/device_sync_role.sql"
 
 Status = Literal["empty", "behind", "current", "ahead"]
 
@@ -54,7 +56,7 @@ class SchemaError(RuntimeError):
 
 
 class SchemaBehind(SchemaError):
-    """The database lacks migrations this package needs: the admin must run ``make migrate``."""
+    """The database lacks migrations this package needs: the admin must apply them (:data:`COMMAND`)."""
 
 
 class MigrationFileError(RuntimeError):
@@ -225,11 +227,11 @@ def schema_state(conn: psycopg.Connection[Any], settings: Settings) -> SchemaSta
 def behind_message(state: SchemaState, database: str) -> str:
     return (
         f"The device-sync tables of database {database!r} are behind this package: {state.describe()}. "
-        f"Nothing was changed. As the admin (the owner of iot_data and {state.schema}), run `{COMMAND}` "
-        f"(MIGRATE_ARGS='--database-url postgresql://admin@host:5432/db' for a URL instead of the Airflow "
-        f"connection), i.e. `{PLAIN_COMMAND}` with the DAG's DEVICE_SYNC_* environment "
-        f"(`python -m device_sync.migrations` where only the package is installed); then re-run {GRANTS_FILE} "
-        f"if the DAG runs as the role device_sync, and clear this task."
+        f"Nothing was changed. As the admin (the owner of iot_data and {state.schema}), run `{COMMAND}` where the "
+        f"package is installed, with the DAG's DEVICE_SYNC_* environment (`--database-url "
+        f"postgresql://admin@host:5432/db` for a URL instead of the Airflow connection), or, without a shell "
+        f"(Amazon MWAA), {WITHOUT_A_SHELL}; then re-run the package's {GRANTS_FILE} if the DAG runs as the role "
+        f"device_sync, and clear this task."
     )
 
 
@@ -317,9 +319,9 @@ def _connect(database_url: str | None, settings: Settings) -> psycopg.Connection
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``make migrate`` / ``python scripts/migrate.py`` / ``python -m device_sync.migrations``."""
+    """``device-sync-migrate`` (``make migrate`` / ``python scripts/migrate.py`` in a checkout)."""
     parser = argparse.ArgumentParser(
-        prog="migrate",
+        prog="device-sync-migrate",
         description="Bring device-sync's own tables (iot_data.device_parameters, the staging schema's run_history "
         "and change_log) to this package's schema version; run as their owner (the admin). Reads the DAG's "
         "DEVICE_SYNC_* environment (DEVICE_SYNC_STAGING_SCHEMA, DEVICE_SYNC_POSTGRES_CONN_ID).",

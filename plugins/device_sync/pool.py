@@ -4,7 +4,8 @@ Every step that opens a session on the IoT database (discover, the aggregation s
 apply, cleanup) runs in the pool :data:`NAME`, so that shards, backfills and manual runs spread over many
 workers never hold more than its slots of database sessions at once. Airflow does not create pools: the
 local stacks and the Compose file create it with :func:`create_command` (``DEVICE_SYNC_DB_POOL_SLOTS``
-slots); on another Airflow an operator runs that command once. A missing pool would leave the tasks queued
+slots); on another Airflow an operator runs that command once, or, on Amazon MWAA, ``device-sync-deploy`` sets
+it through the MWAA REST API. A missing pool would leave the tasks queued
 without a word, so the plugin says so instead: ``/device-sync/health`` answers 503 and a REST trigger of the
 DAG is refused with :func:`missing_message` (and Airflow lists a DAG warning "non-existent pools").
 """
@@ -26,7 +27,8 @@ def missing_message(slots: int) -> str:
     return (
         f"The Airflow pool {NAME} does not exist, so the device-sync tasks that query the IoT database would "
         f"wait in the queue forever. Create it once (DEVICE_SYNC_DB_POOL_SLOTS={slots} slots): "
-        f"{shlex.join(create_command(slots))}"
+        f"{shlex.join(create_command(slots))}; without a shell (Amazon MWAA): Admin > Pools in the UI, or "
+        f"device-sync-deploy with DEVICE_SYNC_MWAA_ENVIRONMENT set, which sets it through the MWAA REST API"
     )
 
 

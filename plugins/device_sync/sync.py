@@ -47,7 +47,7 @@ def ensure_schema(conn: psycopg.Connection[Any], settings: Settings) -> None:
     """Make sure the package's tables are at this version's schema (:mod:`device_sync.migrations`).
 
     A brand-new database gets them created (a fresh install); a database behind this version raises
-    ``SchemaBehind`` naming ``make migrate``, which its owner runs (the DAG's login may not change the tables).
+    ``SchemaBehind`` naming ``device-sync-migrate``, which its owner runs (the DAG's login may not change the tables).
     """
     migrations.ensure_current(conn, settings)
 

@@ -229,8 +229,8 @@ def test_database_of_todays_code_is_behind_until_the_script_migrates_it(conn: ps
         with pytest.raises(SchemaBehind) as behind:
             check(conn, settings)
         message = str(behind.value)
-        assert "make migrate" in message, message
-        assert "python scripts/migrate.py" in message, message
+        assert "`device-sync-migrate`" in message, message
+        assert 'trigger the DAG device_sync_maintenance with conf {"conn_id"' in message, message
         assert "schema version 1 (created before versioned migrations" in message, message
         assert f"this package needs {migrations.newest()}" in message, message
         assert "0002_run_history_last_finished_idx" in message, message
@@ -319,7 +319,7 @@ def test_a_missing_table_of_a_migrated_schema_is_named(conn: psycopg.Connection[
     with pytest.raises(SchemaError, match=r"iot_data\.device_parameters of database .* do not exist") as error:
         migrations.ensure_current(conn, settings)
     assert not isinstance(error.value, SchemaBehind)
-    assert "make migrate" in str(error.value)
+    assert "device-sync-migrate" in str(error.value)
 
     # What the message says: drop the record, migrate again; every migration is idempotent.
     with conn.transaction():
@@ -402,7 +402,7 @@ def test_the_check_runs_as_a_least_privileged_login(
     url = psycopg.conninfo.make_conninfo(database_url, user=reader)
     with psycopg.connect(url) as login, pytest.raises(SchemaBehind, match="may not create them") as fresh:
         migrations.ensure_current(login, settings)  # a fresh database, but this role may not create the tables
-    assert "make migrate" in str(fresh.value)
+    assert "device-sync-migrate" in str(fresh.value)
     assert migrations.schema_state(conn, settings).status == "empty"
 
     migrations.migrate(conn, settings)
@@ -418,7 +418,7 @@ def test_the_check_runs_as_a_least_privileged_login(
     with conn.transaction():
         conn.execute("DELETE FROM device_sync.schema_version WHERE version = 2")
     with psycopg.connect(url) as login:
-        with pytest.raises(SchemaBehind, match="make migrate"):
+        with pytest.raises(SchemaBehind, match="device-sync-migrate"):
             migrations.ensure_current(login, settings)  # never tries to migrate itself
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             migrations.migrate(login, settings)
