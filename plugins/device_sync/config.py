@@ -316,6 +316,12 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z][0-9A-Za-z_-]{0,79}$",
         description="Amazon MWAA environment that `make deploy` updates (unset: upload only).",
     )
+    mwaa_airflow_version: str | None = Field(
+        None,
+        pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$",
+        description="Airflow version of the MWAA environment that `make deploy` writes requirements.txt for, when "
+        "DEVICE_SYNC_MWAA_ENVIRONMENT is unset (with it, the environment's own AirflowVersion is used).",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -1,21 +1,22 @@
-"""``scripts/deploy.py`` (``make deploy STAGE=dev|prod``): the MWAA deploy against a real moto server over HTTP.
+"""``device_sync.deploy`` (``device-sync-deploy``, ``make deploy STAGE=dev|prod``): the MWAA deploy against a
+real moto server over HTTP.
 
 S3 (a versioned bucket of its own per test) and CloudWatch are moto's, reached over HTTP like AWS. moto has no
 MWAA API, so the MWAA client is a real boto3 ``mwaa`` client wrapped in botocore's ``Stubber``: the one stub,
-for the one API nothing here can serve. The client still validates every request against the real MWAA service
-model (unknown or mistyped parameters fail), and the Stubber checks each response against it too and fails on
-any call that was not expected (so "no UpdateEnvironment call" is checked, not assumed).
+for the one API nothing here can serve (GetEnvironment, UpdateEnvironment, and InvokeRestApi for the pool). The
+client still validates every request against the real MWAA service model (unknown or mistyped parameters fail),
+and the Stubber checks each request's parameters and each response against it too and fails on any call that
+was not expected (so "no UpdateEnvironment call" is checked, not assumed).
 
-The last test installs what was uploaded (requirements.txt with the wheel unpacked from plugins.zip, the
-startup script's exports, only the uploaded DAG file) into a throwaway virtual environment and runs the DAG
-against real PostgreSQL.
+The last test installs what was uploaded (requirements.txt as MWAA installs it: under MWAA 3.3.1's Airflow
+constraints and essential constraints, with the wheel unpacked from plugins.zip; the startup script's exports;
+only the uploaded DAG files) into a throwaway virtual environment and runs the DAG against real PostgreSQL.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -26,7 +27,6 @@ import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import boto3
@@ -36,25 +36,17 @@ from botocore.stub import ANY, Stubber
 from test_wheel_integration import T, assert_three_devices_synced, run, seed_three_devices, uv
 
 from conftest import REPO, psycopg_url_to_airflow_uri
-from device_sync import __version__, metrics
+from device_sync import __version__, metrics, pool
+from device_sync import deploy as script
 from device_sync.config import Settings, load_settings
 
 ENVIRONMENT = "device-sync-dev"
+AIRFLOW = "3.3.1"  # the MWAA environments' Airflow version here
+CONSTRAINT = f"--constraint https://raw.githubusercontent.com/apache/airflow/constraints-{AIRFLOW}/constraints-3.12.txt"
 WHEEL = f"device_sync-{__version__}-py3-none-any.whl"
-KEYS = ("dags/device_parameter_sync.py", "plugins.zip", "requirements.txt", "startup.sh")
-
-
-def _load_script() -> ModuleType:
-    # Loaded from its path under a name of its own: the repository also has a folder deploy/.
-    spec = importlib.util.spec_from_file_location("deploy_script", REPO / "scripts" / "deploy.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["deploy_script"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-script = _load_script()
+DAG_KEYS = tuple(f"dags/{path.name}" for path in sorted((REPO / "dags").glob("*.py")))
+DAG_KEY = "dags/device_parameter_sync.py"
+KEYS = (*DAG_KEYS, "plugins.zip", "requirements.txt", "startup.sh")
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +87,13 @@ def settings_of(monkeypatch: pytest.MonkeyPatch, bucket: str, *, environment: st
     monkeypatch.setenv("DEVICE_SYNC_DEPLOY_BUCKET", bucket)
     if environment:
         monkeypatch.setenv("DEVICE_SYNC_MWAA_ENVIRONMENT", environment)
+    else:
+        monkeypatch.setenv("DEVICE_SYNC_MWAA_AIRFLOW_VERSION", AIRFLOW)
     return load_settings()
+
+
+def sources_of(dist: Path, stage: str = "dev") -> script.Sources:
+    return script.Sources.of_package(stage, dist / WHEEL)
 
 
 def object_versions(s3: Any, bucket: str) -> dict[str, list[str]]:
@@ -121,6 +119,7 @@ def environment(bucket: str, status: str = "AVAILABLE", **versions: str) -> dict
         "Environment": {
             "Name": ENVIRONMENT,
             "Status": status,
+            "AirflowVersion": AIRFLOW,
             "SourceBucketArn": f"arn:aws:s3:::{bucket}",
             "DagS3Path": "dags",
             **(paths if versions else {}),
@@ -174,12 +173,48 @@ def expect_update(mwaa: StubbedMwaa) -> None:
     mwaa.stubber.add_response("update_environment", {"Arn": arn}, expected)
 
 
+def expect_status_after_update(mwaa: StubbedMwaa, bucket: str, status: str) -> None:
+    """The GetEnvironment the pool step reads after an UpdateEnvironment (MWAA then restarts: UPDATING)."""
+    mwaa.stubber.add_response("get_environment", environment(bucket, status=status), {"Name": ENVIRONMENT})
+
+
+def expect_pool(mwaa: StubbedMwaa, *, exists: bool = True, slots: int = 4) -> None:
+    """The pool step's REST API calls: PATCH /pools/device_sync_db, and POST /pools when it answers 404."""
+    patch = {
+        "Name": ENVIRONMENT,
+        "Method": "PATCH",
+        "Path": "/pools/device_sync_db",
+        "Body": {"slots": slots, "description": pool.DESCRIPTION},
+    }
+    if exists:
+        response = {"name": pool.NAME, "slots": slots, "description": pool.DESCRIPTION, "include_deferred": False}
+        mwaa.stubber.add_response("invoke_rest_api", {"RestApiStatusCode": 200, "RestApiResponse": response}, patch)
+        return
+    mwaa.stubber.add_client_error(
+        "invoke_rest_api",
+        "RestApiClientException",
+        "The Pool with name: `device_sync_db` was not found",
+        400,
+        expected_params=patch,
+        modeled_fields={"RestApiStatusCode": 404, "RestApiResponse": {"detail": "not found"}},
+    )
+    post = {
+        "Name": ENVIRONMENT,
+        "Method": "POST",
+        "Path": "/pools",
+        "Body": {"name": pool.NAME, "slots": slots, "description": pool.DESCRIPTION, "include_deferred": False},
+    }
+    mwaa.stubber.add_response("invoke_rest_api", {"RestApiStatusCode": 201, "RestApiResponse": {}}, post)
+
+
 def first_deploy(
     settings: Settings, s3: Any, mwaa: StubbedMwaa, cloudwatch: Any, sources: Any, bucket: str
 ) -> dict[str, str]:
-    """A deploy into an empty bucket and a fresh environment; the versions it uploaded."""
+    """A deploy into an empty bucket and a fresh environment (restarting after it: no pool yet); the versions
+    it uploaded."""
     mwaa.stubber.add_response("get_environment", environment(bucket), {"Name": ENVIRONMENT})
     expect_update(mwaa)
+    expect_status_after_update(mwaa, bucket, "UPDATING")
     script.deploy(settings, s3, mwaa.client, cloudwatch, sources=sources, out=io.StringIO())
     return latest_versions(s3, bucket)
 
@@ -188,24 +223,38 @@ def test_first_deploy_uploads_four_artifacts_and_points_the_environment_at_exact
     monkeypatch: pytest.MonkeyPatch, s3: Any, bucket: str, mwaa: StubbedMwaa, cloudwatch: Any, dist: Path
 ) -> None:
     settings = settings_of(monkeypatch, bucket)
-    sources = script.Sources.of_repository("dev", dist)
+    sources = sources_of(dist)
 
-    versions = first_deploy(settings, s3, mwaa, cloudwatch, sources, bucket)
+    mwaa.stubber.add_response("get_environment", environment(bucket), {"Name": ENVIRONMENT})
+    expect_update(mwaa)
+    expect_status_after_update(mwaa, bucket, "UPDATING")  # no InvokeRestApi response queued: a call would fail
+    out = io.StringIO()
+    result = script.deploy(settings, s3, mwaa.client, cloudwatch, sources=sources, out=out)
+    versions = latest_versions(s3, bucket)
 
     assert {key: len(ids) for key, ids in object_versions(s3, bucket).items()} == dict.fromkeys(KEYS, 1)
     assert mwaa.sent == [script.environment_update(ENVIRONMENT, versions)]
     assert mwaa.sent[0]["PluginsS3ObjectVersion"] == versions["plugins.zip"]
+    assert result["pool"] is None
+    printed = out.getvalue()
+    assert f"Airflow pool device_sync_db not set: MWAA environment {ENVIRONMENT!r} is UPDATING" in printed
+    assert "airflow pools set device_sync_db 4 " in printed and "device-sync-deploy --stage dev" in printed
+    assert f"requirements.txt for Airflow {AIRFLOW} (from MWAA environment {ENVIRONMENT!r})" in printed
+    assert "device-sync-migrate" in printed and "make " not in printed
 
     def body(key: str) -> bytes:
         return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
-    assert body("dags/device_parameter_sync.py") == (REPO / "dags" / "device_parameter_sync.py").read_bytes()
+    for key in DAG_KEYS:  # every DAG file of the package
+        assert body(key) == (REPO / key).read_bytes()
     with zipfile.ZipFile(io.BytesIO(body("plugins.zip"))) as archive:
         assert archive.namelist() == [WHEEL]  # at the zip's root
         assert archive.read(WHEEL) == (dist / WHEEL).read_bytes()
     requirements = body("requirements.txt").decode()
-    assert requirements.startswith((REPO / "requirements.txt").read_text(encoding="utf-8").rstrip("\n"))
-    assert requirements.splitlines()[-1] == f"/usr/local/airflow/plugins/{WHEEL}"
+    # MWAA 3.3.1's constraints pin every dependency of the wheel: the constraints and the wheel, nothing else.
+    lines = [line for line in requirements.splitlines() if not line.startswith("#")]
+    assert lines == [CONSTRAINT, f"/usr/local/airflow/plugins/{WHEEL}"]
+    assert requirements == result["requirements"].decode()
     startup = body("startup.sh").decode()
     assert "export DEVICE_SYNC_STAGE=dev\n" in startup
     assert "export DEVICE_SYNC_SCHEDULE='0 * * * *'\n" in startup  # quoted for the shell
@@ -221,21 +270,24 @@ def test_a_second_identical_deploy_uploads_nothing_and_does_not_update_the_envir
     monkeypatch: pytest.MonkeyPatch, s3: Any, bucket: str, mwaa: StubbedMwaa, cloudwatch: Any, dist: Path
 ) -> None:
     settings = settings_of(monkeypatch, bucket)
-    sources = script.Sources.of_repository("dev", dist)
+    sources = sources_of(dist)
     versions = first_deploy(settings, s3, mwaa, cloudwatch, sources, bucket)
     before = object_versions(s3, bucket)
 
     # The environment now runs what the first deploy uploaded; no UpdateEnvironment response is queued, so a
     # call would fail the test.
     mwaa.stubber.add_response("get_environment", environment(bucket, **running(versions)), {"Name": ENVIRONMENT})
+    expect_pool(mwaa)  # AVAILABLE and not updated: the pool is set now (PATCH, idempotent)
     out = io.StringIO()
     result = script.deploy(settings, s3, mwaa.client, cloudwatch, sources=sources, out=out)
 
     assert result["uploaded"] == [] and result["environment_update"] is None
     assert object_versions(s3, bucket) == before
     assert len(mwaa.sent) == 1
-    assert out.getvalue().count("unchanged (version") == 4
+    assert out.getvalue().count("unchanged (version") == len(KEYS)
     assert f"MWAA environment {ENVIRONMENT!r} already runs these versions: not updated" in out.getvalue()
+    assert result["pool"] == "resized"
+    assert "Airflow pool device_sync_db resized: 4 slots (MWAA REST API)" in out.getvalue()
 
 
 def test_a_changed_dag_file_uploads_only_the_dag_and_needs_no_environment_update(
@@ -249,21 +301,26 @@ def test_a_changed_dag_file_uploads_only_the_dag_and_needs_no_environment_update
 ) -> None:
     """MWAA syncs the dags/ folder by itself; an environment update would restart every component for nothing."""
     settings = settings_of(monkeypatch, bucket)
-    sources = script.Sources.of_repository("dev", dist)
+    sources = sources_of(dist)
     versions = first_deploy(settings, s3, mwaa, cloudwatch, sources, bucket)
     dag = tmp_path / "device_parameter_sync.py"
-    dag.write_bytes(sources.dag_file.read_bytes() + b"\n# changed\n")
+    dag.write_bytes((REPO / DAG_KEY).read_bytes() + b"\n# changed\n")
+    dag_files = tuple(dag if path.name == dag.name else path for path in sources.dag_files)
 
     mwaa.stubber.add_response("get_environment", environment(bucket, **running(versions)), {"Name": ENVIRONMENT})
+    expect_pool(mwaa, exists=False, slots=9)  # PATCH answers 404: POST /pools creates it
+    monkeypatch.setenv("DEVICE_SYNC_DB_POOL_SLOTS", "9")
+    out = io.StringIO()
     result = script.deploy(
-        settings, s3, mwaa.client, cloudwatch, sources=dataclasses.replace(sources, dag_file=dag), out=io.StringIO()
+        load_settings(), s3, mwaa.client, cloudwatch, sources=dataclasses.replace(sources, dag_files=dag_files), out=out
     )
 
-    assert result["uploaded"] == ["dags/device_parameter_sync.py"]
+    assert result["uploaded"] == [DAG_KEY]
     counts = {key: len(ids) for key, ids in object_versions(s3, bucket).items()}
-    assert counts == {**dict.fromkeys(KEYS, 1), "dags/device_parameter_sync.py": 2}
-    assert s3.get_object(Bucket=bucket, Key="dags/device_parameter_sync.py")["Body"].read().endswith(b"# changed\n")
+    assert counts == {**dict.fromkeys(KEYS, 1), DAG_KEY: 2}
+    assert s3.get_object(Bucket=bucket, Key=DAG_KEY)["Body"].read().endswith(b"# changed\n")
     assert len(mwaa.sent) == 1  # the first deploy's only
+    assert result["pool"] == "created" and "Airflow pool device_sync_db created: 9 slots" in out.getvalue()
 
 
 def test_a_changed_stage_setting_uploads_only_the_startup_script_and_updates_the_environment(
@@ -276,7 +333,7 @@ def test_a_changed_stage_setting_uploads_only_the_startup_script_and_updates_the
     tmp_path: Path,
 ) -> None:
     settings = settings_of(monkeypatch, bucket)
-    sources = script.Sources.of_repository("dev", dist)
+    sources = sources_of(dist)
     versions = first_deploy(settings, s3, mwaa, cloudwatch, sources, bucket)
     stage_file = tmp_path / "dev.env"
     stage_file.write_text(
@@ -288,6 +345,7 @@ def test_a_changed_stage_setting_uploads_only_the_startup_script_and_updates_the
 
     mwaa.stubber.add_response("get_environment", environment(bucket, **running(versions)), {"Name": ENVIRONMENT})
     expect_update(mwaa)
+    expect_status_after_update(mwaa, bucket, "UPDATING")
     result = script.deploy(
         settings,
         s3,
@@ -297,7 +355,7 @@ def test_a_changed_stage_setting_uploads_only_the_startup_script_and_updates_the
         out=io.StringIO(),
     )
 
-    assert result["uploaded"] == ["startup.sh"]
+    assert result["uploaded"] == ["startup.sh"] and result["pool"] is None
     counts = {key: len(ids) for key, ids in object_versions(s3, bucket).items()}
     assert counts == {**dict.fromkeys(KEYS, 1), "startup.sh": 2}
     now = latest_versions(s3, bucket)
@@ -313,16 +371,19 @@ def test_an_environment_left_on_older_versions_is_updated_even_when_nothing_is_u
 ) -> None:
     """An earlier deploy uploaded but its update failed (the environment was busy): running again completes it."""
     settings = settings_of(monkeypatch, bucket)
-    sources = script.Sources.of_repository("dev", dist)
+    sources = sources_of(dist)
     versions = first_deploy(settings, s3, mwaa, cloudwatch, sources, bucket)
     older = {**running(versions), "StartupScriptS3ObjectVersion": "an-older-version"}
 
     mwaa.stubber.add_response("get_environment", environment(bucket, **older), {"Name": ENVIRONMENT})
     expect_update(mwaa)
+    expect_status_after_update(mwaa, bucket, "AVAILABLE")  # read again after the update: AVAILABLE, the pool is set
+    expect_pool(mwaa)
     result = script.deploy(settings, s3, mwaa.client, cloudwatch, sources=sources, out=io.StringIO())
 
     assert result["uploaded"] == []
     assert mwaa.sent[-1] == script.environment_update(ENVIRONMENT, versions)
+    assert result["pool"] == "resized"
 
 
 def test_dags_only_uploads_only_the_dag_file_and_touches_nothing_else(
@@ -331,12 +392,10 @@ def test_dags_only_uploads_only_the_dag_file_and_touches_nothing_else(
     settings = settings_of(monkeypatch, bucket)
     out = io.StringIO()
     # No MWAA and no CloudWatch client at all: any call to either would fail.
-    result = script.deploy(
-        settings, s3, None, None, sources=script.Sources.of_repository("dev", dist), dags_only=True, out=out
-    )
+    result = script.deploy(settings, s3, None, None, sources=sources_of(dist), dags_only=True, out=out)
 
-    assert result["uploaded"] == ["dags/device_parameter_sync.py"]
-    assert object_versions(s3, bucket).keys() == {"dags/device_parameter_sync.py"}
+    assert result["uploaded"] == list(DAG_KEYS)
+    assert object_versions(s3, bucket).keys() == set(DAG_KEYS)
     assert "--dags-only: no environment update, no monitoring" in out.getvalue()
 
 
@@ -350,7 +409,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(
     tmp_path: Path,
 ) -> None:
     settings = settings_of(monkeypatch, bucket)
-    sources = script.Sources.of_repository("dev", dist)
+    sources = sources_of(dist)
     versions = first_deploy(settings, s3, mwaa, cloudwatch, sources, bucket)
     before = object_versions(s3, bucket)
     stage_file = tmp_path / "dev.env"
@@ -362,10 +421,18 @@ def test_dry_run_prints_the_plan_and_changes_nothing(
     result = script.deploy(settings, s3, mwaa.client, cloudwatch, sources=changed, dry_run=True, out=out)
 
     assert object_versions(s3, bucket) == before
-    assert len(mwaa.sent) == 1  # no UpdateEnvironment
+    assert len(mwaa.sent) == 1  # no UpdateEnvironment, and no InvokeRestApi (none queued)
     printed = out.getvalue()
-    for artifact in script.build_artifacts("dev", changed):
-        (line,) = [line for line in printed.splitlines() if line.strip().startswith(artifact.key)]
+    requirements = script.plan_requirements(AIRFLOW, changed).body
+    assert "  requirements.txt would be:\n" + "".join(
+        f"    {line}\n" for line in requirements.decode().splitlines()
+    ) in (printed)
+    assert f"    {CONSTRAINT}\n" in printed
+    assert "would set the Airflow pool device_sync_db to 4 slots through the MWAA REST API" in printed
+    for artifact in script.build_artifacts("dev", changed, requirements):
+        (line,) = [
+            line for line in printed.splitlines() if line.strip().startswith(f"{artifact.key} ") and "sha256" in line
+        ]
         assert f"{len(artifact.body)} bytes" in line and artifact.sha256 in line
         assert line.endswith("upload") == (artifact.key == "startup.sh")
     assert f"MWAA environment {ENVIRONMENT!r} would update" in printed
@@ -377,20 +444,22 @@ def test_dry_run_prints_the_plan_and_changes_nothing(
 
 def test_the_artifacts_are_deterministic(dist: Path, tmp_path: Path) -> None:
     """The same sources give the same bytes, so an unchanged deploy compares equal and uploads nothing."""
-    sources = script.Sources.of_repository("prod", dist)
-    first = script.build_artifacts("prod", sources)
+    sources = sources_of(dist, "prod")
+    first = script.build_artifacts("prod", sources, script.plan_requirements(AIRFLOW, sources).body)
     rebuilt = tmp_path / "dist"
     run(["make", "-s", "dist", f"DIST={rebuilt}"], cwd=REPO)
-    second = script.build_artifacts("prod", dataclasses.replace(sources, wheel=rebuilt / WHEEL))
+    again = dataclasses.replace(sources, wheel=rebuilt / WHEEL)
+    second = script.build_artifacts("prod", again, script.plan_requirements(AIRFLOW, again).body)
     assert [(a.key, a.sha256) for a in first] == [(a.key, a.sha256) for a in second]
+    by_key = {a.key: a for a in first}
 
-    with zipfile.ZipFile(io.BytesIO(first[1].body)) as archive:
+    with zipfile.ZipFile(io.BytesIO(by_key["plugins.zip"].body)) as archive:
         (info,) = archive.infolist()
     assert (info.filename, info.date_time, info.external_attr >> 16) == (WHEEL, (1980, 1, 1, 0, 0, 0), 0o100644)
-    startup = first[3].body.decode()
+    startup = by_key["startup.sh"].body.decode()
     assert startup.splitlines()[:3] == [
         "#!/bin/sh",
-        "# device-sync prod: the settings of prod.env for every Airflow component (scripts/deploy.py).",
+        "# device-sync prod: the settings of prod.env for every Airflow component (device-sync-deploy).",
         "export DEVICE_SYNC_STAGE=prod",
     ]
     assert "export DEVICE_SYNC_RETRIES=4" in startup
@@ -422,7 +491,7 @@ def test_an_environment_that_cannot_take_this_deploy_is_refused_before_any_uploa
             s3,
             mwaa.client,
             cloudwatch,
-            sources=script.Sources.of_repository("dev", dist),
+            sources=sources_of(dist),
             out=io.StringIO(),
         )
     assert object_versions(s3, bucket) == {}
@@ -440,14 +509,23 @@ def test_a_missing_environment_is_refused_before_any_upload(
             s3,
             mwaa.client,
             cloudwatch,
-            sources=script.Sources.of_repository("dev", dist),
+            sources=sources_of(dist),
             out=io.StringIO(),
         )
     assert object_versions(s3, bucket) == {}
 
 
 @pytest.mark.parametrize(
-    "case", ["unversioned bucket", "missing bucket", "no bucket setting", "missing connection", "missing wheel"]
+    "case",
+    [
+        "unversioned bucket",
+        "missing bucket",
+        "no bucket setting",
+        "missing connection",
+        "missing wheel",
+        "no airflow version",
+        "wheel with a conflict",
+    ],
 )
 def test_bad_input_is_a_clear_error_and_changes_nothing(
     monkeypatch: pytest.MonkeyPatch, s3: Any, moto_server: str, dist: Path, tmp_path: Path, case: str
@@ -455,13 +533,17 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(
     bucket = new_bucket(s3, versioned=case != "unversioned bucket")
     monkeypatch.setenv("DEVICE_SYNC_STAGE", "dev")  # main() sets it; monkeypatch restores it
     monkeypatch.setenv("DEVICE_SYNC_DEPLOY_BUCKET", bucket)
+    monkeypatch.setenv("DEVICE_SYNC_MWAA_AIRFLOW_VERSION", AIRFLOW)
     argv = ["--stage", "dev", "--dist", str(dist)]
     expected = {
         "unversioned bucket": f"bucket {bucket!r} (DEVICE_SYNC_DEPLOY_BUCKET) does not have versioning enabled",
         "missing bucket": "bucket 'device-sync-no-such-bucket' (DEVICE_SYNC_DEPLOY_BUCKET) does not exist",
         "no bucket setting": "no bucket: set DEVICE_SYNC_DEPLOY_BUCKET",
         "missing connection": "the Airflow connection 'no_such_conn' (DEVICE_SYNC_AWS_CONN_ID) does not exist",
-        "missing wheel": f"{tmp_path / WHEEL} does not exist (device-sync {__version__} was not built): run make dist",
+        "missing wheel": f"{tmp_path / WHEEL} does not exist (device-sync {__version__} was not built): name the "
+        "wheel with device-sync-deploy --wheel PATH",
+        "no airflow version": "no Airflow version to write requirements.txt for: set DEVICE_SYNC_MWAA_ENVIRONMENT",
+        "wheel with a conflict": f"pins apache-airflow=={AIRFLOW}",
     }[case]
     if case == "missing bucket":
         monkeypatch.setenv("DEVICE_SYNC_DEPLOY_BUCKET", "device-sync-no-such-bucket")
@@ -471,12 +553,33 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(
         monkeypatch.setenv("DEVICE_SYNC_AWS_CONN_ID", "no_such_conn")
     elif case == "missing wheel":
         argv = ["--stage", "dev", "--dist", str(tmp_path)]
+    elif case == "no airflow version":
+        monkeypatch.delenv("DEVICE_SYNC_MWAA_AIRFLOW_VERSION")
+    elif case == "wheel with a conflict":  # the real wheel with its Airflow requirement raised past 3.3.1
+        argv = ["--stage", "dev", "--wheel", str(wheel_asking(dist / WHEEL, tmp_path, "apache-airflow>=3.3.2"))]
 
     status, err = call_main(argv)
 
     assert status == 2
     assert expected in err and "nothing was changed" in err
     assert object_versions(s3, bucket) == {}
+
+
+def wheel_asking(wheel: Path, folder: Path, requirement: str) -> Path:
+    """A copy of ``wheel`` whose METADATA's apache-airflow Requires-Dist is ``requirement``."""
+    copy = folder / wheel.name
+    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(copy, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith(".dist-info/METADATA"):
+                lines = data.decode().splitlines(keepends=True)
+                data = "".join(
+                    f"Requires-Dist: {requirement}\n" if line.startswith("Requires-Dist: apache-airflow<") else line
+                    for line in lines
+                ).encode()
+                assert f"Requires-Dist: {requirement}\n".encode() in data
+            target.writestr(info, data)
+    return copy
 
 
 def call_main(argv: list[str]) -> tuple[int, str]:
@@ -506,6 +609,7 @@ def test_an_unreachable_endpoint_fails_within_the_bound_naming_the_connection(
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
     monkeypatch.setenv("DEVICE_SYNC_STAGE", "dev")
     monkeypatch.setenv("DEVICE_SYNC_DEPLOY_BUCKET", "device-sync-unreachable")
+    monkeypatch.setenv("DEVICE_SYNC_MWAA_AIRFLOW_VERSION", AIRFLOW)
     monkeypatch.setenv("DEVICE_SYNC_CLOUDWATCH_TIMEOUT_SECONDS", "1")
 
     started = time.monotonic()
@@ -527,6 +631,7 @@ def test_the_s3_and_mwaa_clients_are_bounded_like_cloudwatchs(moto_server: str) 
 
 def deploy_command(bucket: str, dist: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DEVICE_SYNC_DEPLOY_BUCKET": bucket}  # AIRFLOW_CONN_AWS_DEFAULT points at moto
+    env["DEVICE_SYNC_MWAA_AIRFLOW_VERSION"] = AIRFLOW
     env.pop("DEVICE_SYNC_MWAA_ENVIRONMENT", None)
     return subprocess.run(
         [str(REPO / ".venv" / "bin" / "python"), "scripts/deploy.py", "--stage", "dev", "--dist", str(dist), *args],
@@ -544,7 +649,7 @@ def test_the_command_deploys_through_the_airflow_connection_and_a_second_run_upl
 ) -> None:
     first = deploy_command(bucket, dist)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("  uploaded s3://") == 4
+    assert first.stdout.count("  uploaded s3://") == len(KEYS)
     assert "no MWAA environment was updated: DEVICE_SYNC_MWAA_ENVIRONMENT is not set" in first.stdout
     assert "CloudWatch: 3 alarms and dashboard 'device-sync-dev' deployed" in first.stdout
     after_first = object_versions(s3, bucket)
@@ -554,7 +659,7 @@ def test_the_command_deploys_through_the_airflow_connection_and_a_second_run_upl
     second = deploy_command(bucket, dist)
     assert second.returncode == 0, second.stderr
     assert "uploaded s3://" not in second.stdout
-    assert second.stdout.count("unchanged (version") == 4
+    assert second.stdout.count("unchanged (version") == len(KEYS)
     assert object_versions(s3, bucket) == after_first
 
     dry = deploy_command(bucket, dist, "--dry-run", "--dags-only")
@@ -572,8 +677,10 @@ def test_what_was_deployed_is_what_works(
     conn: psycopg.Connection[Any],
     tmp_path: Path,
 ) -> None:
-    """From the bucket only: requirements.txt with the wheel unpacked from plugins.zip installed into a fresh
-    virtual environment, the startup script's exports, the DAG file alone in a DAGs folder; then a real sync."""
+    """From the bucket only: requirements.txt installed as MWAA installs it (under MWAA 3.3.1's essential
+    constraints, its --constraint URL read from the package's copy of that file, which this machine cannot
+    fetch) with the wheel unpacked from plugins.zip, into a fresh virtual environment; the startup script's
+    exports; the uploaded DAG files alone in a DAGs folder; then a real sync."""
     result = deploy_command(bucket, dist)
     assert result.returncode == 0, result.stderr
 
@@ -585,17 +692,28 @@ def test_what_was_deployed_is_what_works(
         folder.mkdir()
     with zipfile.ZipFile(io.BytesIO(download("plugins.zip"))) as archive:
         archive.extractall(plugins)  # what MWAA does into /usr/local/airflow/plugins
+    mwaa_set = REPO / "include" / "mwaa" / AIRFLOW
+    uploaded = download("requirements.txt").decode()
+    assert uploaded.startswith(CONSTRAINT + "\n")
     requirements = tmp_path / "requirements.txt"
     requirements.write_text(
-        download("requirements.txt").decode().replace("/usr/local/airflow/plugins/", f"{plugins}/"), encoding="utf-8"
+        uploaded.replace(CONSTRAINT, f"--constraint {mwaa_set / 'airflow_constraints.txt'}").replace(
+            "/usr/local/airflow/plugins/", f"{plugins}/"
+        ),
+        encoding="utf-8",
     )
-    (dags / "device_parameter_sync.py").write_bytes(download("dags/device_parameter_sync.py"))
+    for key in DAG_KEYS:
+        (tmp_path / key).write_bytes(download(key))
     startup = tmp_path / "startup.sh"
     startup.write_bytes(download("startup.sh"))
 
     venv = tmp_path / "venv"
+    python = str(venv / "bin" / "python")
     run([uv(), "venv", "--quiet", "--python", "3.11", str(venv)])
-    run([uv(), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "-r", str(requirements)])
+    essential = str(mwaa_set / "mwaa_essential_constraints.txt")
+    run([uv(), "pip", "install", "--quiet", "--python", python, "-c", essential, "-r", str(requirements)], timeout=900)
+    installed = run([python, "-c", "import airflow, device_sync; print(airflow.__version__, device_sync.__version__)"])
+    assert installed.split() == [AIRFLOW, __version__]
 
     # The startup script's exports, evaluated by a shell as MWAA does.
     exported = run(["bash", "-c", '. "$1" && env -0', "startup", str(startup)], env={"PATH": "/usr/bin:/bin"})

@@ -194,3 +194,42 @@ def test_wheel_and_checkout_plugins_folder_together_register_the_plugin_once(ins
     names, errors = json.loads(out.strip().splitlines()[-1])
     assert names.count("device_sync") == 1
     assert errors == {}
+
+
+def test_the_deploy_console_script_works_where_only_the_wheel_is_installed(
+    installed: Path, wheel: Path, moto_server: str, tmp_path: Path
+) -> None:
+    """``device-sync-deploy --dry-run`` from the wheel's virtual environment, in a directory that knows nothing of
+    the checkout: its DAG files, stage file, lock and MWAA constraints are the wheel's package data."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    bucket = f"device-sync-wheel-{os.getpid()}-{tmp_path.name[-8:].lower().replace('_', '-')}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    env = {
+        "PATH": f"{installed / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW_CONN_AWS_DEFAULT": os.environ["AIRFLOW_CONN_AWS_DEFAULT"],
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "DEVICE_SYNC_DEPLOY_BUCKET": bucket,
+        "DEVICE_SYNC_MWAA_AIRFLOW_VERSION": "3.0.6",
+    }
+    command = [str(installed / "bin" / "device-sync-deploy"), "--stage", "dev", "--wheel", str(wheel), "--dry-run"]
+    out = run(command, env=env, cwd=tmp_path)
+
+    assert "dry run: nothing was changed" in out
+    for dag in sorted((REPO / "dags").glob("*.py")):
+        assert f"dags/{dag.name}" in out
+    assert (
+        "    --constraint https://raw.githubusercontent.com/apache/airflow/constraints-3.0.6/constraints-3.12.txt\n"
+        in out
+    )
+    assert f"    /usr/local/airflow/plugins/{wheel.name}\n" in out
+    assert "resolution check: every dependency of the wheel agrees with MWAA 3.0.6's constraints" in out
+    assert "    psycopg[binary]==" in out and "    pydantic-settings==" in out
+    assert s3.list_object_versions(Bucket=bucket).get("Versions", []) == []
+    assert "--database-url" in run([str(installed / "bin" / "device-sync-migrate"), "--help"], env=env, cwd=tmp_path)
