@@ -184,7 +184,7 @@ def wheel_path(dist: Path) -> Path:
     if not wheel.is_file():
         raise DeployError(
             f"{wheel} does not exist (device-sync {__version__} was not built): name the wheel with "
-            f"{COMMAND} --wheel PATH, or the folder holding it with --dist DIR (in the checkout: make dist)"
+            f"{COMMAND} --wheel PATH, or the folder holding it with --dist DIR"
         )
     return wheel
 
@@ -798,7 +798,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="ARN",
-        help="as for make deploy-monitoring: notified on ALARM and OK (repeatable); without it the alarms have none",
+        help="notified by the stage's CloudWatch alarms on ALARM and OK (repeatable); without it they notify no one",
     )
     return parser.parse_args(argv)
 
