@@ -11,7 +11,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 VENV := $(CURDIR)/.venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: venv demo test test-unit test-compose test-timescaledb lint lock clean airflow airflow-stop deploy-monitoring bench dist deploy migrate
+.PHONY: venv demo test test-unit test-compose test-timescaledb test-platforms lint lock clean airflow airflow-stop deploy-monitoring bench dist deploy migrate
 DIST ?= $(CURDIR)/dist
 
 venv: $(VENV)/.installed
@@ -90,6 +90,13 @@ test-timescaledb: venv
 # The benchmark (not part of the test suite): bench/results/latest.{json,md,png}, about 15 minutes at full scale,
 # as root with cold runs (options: make bench BENCH_ARGS="--scale 0.05 --warm 1 --no-cold"); then the partitioned
 # cases, bench/results/partitioned.{json,md}, about 5 minutes (PARTITIONED_BENCH_ARGS="--devices 60 --runs 1").
+# Amazon MWAA (tests/platforms): for Airflow 3.3.1, 3.2.1 and 3.0.6, MWAA's package set built by
+# $(MWAA_PLATFORMS)/mwaa-env.sh, the requirements.txt and plugins.zip that the deploy uploads installed the way MWAA
+# installs them, then import checks and real syncs with plain `airflow dags test` (a few minutes, warm cache).
+MWAA_PLATFORMS ?= $(abspath $(CURDIR)/../shared/platforms)
+test-platforms: venv
+	DEVICE_SYNC_MWAA_PLATFORMS="$(MWAA_PLATFORMS)" UV="$(UV)" $(VENV)/bin/pytest tests/platforms
+
 bench: venv
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 	$(VENV)/bin/python bench/partitioned.py $(PARTITIONED_BENCH_ARGS)

@@ -1,13 +1,15 @@
 """Shared fixtures: a real PostgreSQL database per test session, a real Airflow, a real moto server.
 
-The tests live in five folders, each marked by its name (``pytest -m unit`` works as well as ``pytest tests/unit``):
+The tests live in six folders, each marked by its name (``pytest -m unit`` works as well as ``pytest tests/unit``):
 
 - ``tests/unit``: pure logic; no database, no Airflow stack, no network (``make test-unit``);
 - ``tests/integration``: real PostgreSQL, ``dag.test()``, moto, the plugin's API in-process, PgBouncer, the wheel;
 - ``tests/e2e``: a real Airflow stack (api-server, scheduler, ..., Celery workers) and a real browser;
 - ``tests/compose``: docker-compose.yaml run for real with podman (``make test-compose``; not in ``make test``);
 - ``tests/timescaledb``: TimescaleDB hypertables on a throwaway server (``make test-timescaledb``; not in
-  ``make test``).
+  ``make test``);
+- ``tests/platforms``: Amazon MWAA's package sets, the deploy's requirements.txt installed as MWAA installs it
+  (``make test-platforms``; not in ``make test``).
 
 The suite never skips database tests: if PostgreSQL is unreachable and any selected test is not a unit test,
 the run stops before the first test with a message saying how to get it. A unit-only run never connects.
@@ -66,7 +68,7 @@ HOW_TO_GET_POSTGRES = (
 
 TESTS = Path(__file__).resolve().parent
 # The folders under tests/, and the marker of every test in each.
-KINDS = ("unit", "integration", "e2e", "compose", "timescaledb")
+KINDS = ("unit", "integration", "e2e", "compose", "timescaledb", "platforms")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker

@@ -242,7 +242,8 @@ class Settings(BaseSettings):
         le=1024,
         description="Slots of the Airflow pool device_sync_db that the tasks querying the IoT database run in: at "
         "most this many of them (shards, backfills, manual runs) hold a database session at once. The stacks "
-        "create the pool with it; elsewhere: airflow pools set device_sync_db <slots> <description>.",
+        "create the pool with it, and so does device-sync-deploy on an MWAA environment; elsewhere: airflow pools set "
+        "device_sync_db <slots> <description>.",
     )
     statement_timeout_seconds: int = Field(
         600, ge=1, le=24 * 3600, description="PostgreSQL statement_timeout of every statement the sync runs."

@@ -2,8 +2,8 @@
 
     device-sync-deploy --stage dev|prod [--dist DIR | --wheel PATH] [--dags-only] [--dry-run] [--alarm-action ARN ...]
 
-It works wherever the wheel is installed (the DAG files, stage files, development lock and MWAA package sets are
-its package data); in the checkout ``make deploy STAGE=dev|prod`` builds the wheel and runs it through
+It works wherever the wheel is installed (the DAG files, stage files and MWAA package sets are its package
+data); in the checkout ``make deploy STAGE=dev|prod`` builds the wheel and runs it through
 ``scripts/deploy.py``. It uploads to the bucket ``DEVICE_SYNC_DEPLOY_BUCKET`` (which must have versioning
 enabled):
 
@@ -11,8 +11,9 @@ enabled):
 ``plugins.zip``         the wheel ``device_sync-<version>-py3-none-any.whl`` at the zip's root, which MWAA unpacks
                         into ``/usr/local/airflow/plugins/``
 ``requirements.txt``    ``--constraint`` Airflow's constraints file of the environment's Airflow version, the
-                        wheel by its path there, and pins (from the development lock) of only those runtime
-                        dependencies of the wheel that MWAA's constraints do not pin (:func:`requirements_txt`)
+                        wheel by its path there, and pins of only those runtime dependencies of the wheel that
+                        MWAA's constraints do not pin, at the versions ``make test-platforms`` installs on that
+                        MWAA version (``include/mwaa/<version>/added_pins.txt``; :func:`requirements_txt`)
 ``startup.sh``          exports ``DEVICE_SYNC_STAGE`` and the stage file's ``DEVICE_SYNC_*`` settings
 
 then points the MWAA environment ``DEVICE_SYNC_MWAA_ENVIRONMENT`` at exactly those object versions
@@ -125,11 +126,6 @@ def dag_files() -> tuple[Path, ...]:
     return tuple(sorted(folder.glob("*.py")))
 
 
-def lock_file() -> Path:
-    """The development lock (the repository's requirements.txt): the tested version of every package."""
-    return _package_data("requirements-lock.txt", "requirements.txt")
-
-
 # --- Sources -------------------------------------------------------------------------------------------------
 
 
@@ -153,12 +149,11 @@ class Sources:
     dag_files: tuple[Path, ...]
     wheel: Path
     stage_file: Path
-    lock: Path
 
     @classmethod
     def of_package(cls, stage: str, wheel: Path) -> Sources:
-        """The package's own DAG files, stage file and lock, and ``wheel``."""
-        return cls(dag_files=dag_files(), wheel=wheel, stage_file=resources.stage_file(stage), lock=lock_file())
+        """The package's own DAG files and stage file, and ``wheel``."""
+        return cls(dag_files=dag_files(), wheel=wheel, stage_file=resources.stage_file(stage))
 
 
 @dataclass(frozen=True)
@@ -232,10 +227,15 @@ class MwaaPackageSet:
 
     airflow_version: str
     pins: dict[str, str]  # by canonical name, from both files; an essential pin wins
+    # device-sync's dependencies that those do not pin, at the versions tested inside them (added_pins.txt)
+    tested: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, airflow_version: str, airflow_constraints: str, essential_constraints: str) -> MwaaPackageSet:
-        return cls(airflow_version, {**parse_pins(airflow_constraints), **parse_pins(essential_constraints)})
+    def parse(
+        cls, airflow_version: str, airflow_constraints: str, essential_constraints: str, added: str = ""
+    ) -> MwaaPackageSet:
+        pins = {**parse_pins(airflow_constraints), **parse_pins(essential_constraints)}
+        return cls(airflow_version, pins, parse_pins(added))
 
 
 def mwaa_package_set(airflow_version: str) -> MwaaPackageSet | None:
@@ -243,12 +243,14 @@ def mwaa_package_set(airflow_version: str) -> MwaaPackageSet | None:
     folder = resources.INCLUDE / "mwaa" / airflow_version
     constraints_file = folder / "airflow_constraints.txt"
     essential_file = folder / "mwaa_essential_constraints.txt"
+    added_file = folder / "added_pins.txt"
     if not (constraints_file.is_file() and essential_file.is_file()):
         return None
     return MwaaPackageSet.parse(
         airflow_version,
         constraints_file.read_text(encoding="utf-8"),
         essential_file.read_text(encoding="utf-8"),
+        added_file.read_text(encoding="utf-8") if added_file.is_file() else "",
     )
 
 
@@ -290,12 +292,11 @@ def _named(requirement: Requirement) -> str:
     return f"{requirement.name}{extras}{requirement.specifier}"
 
 
-def added_pins(
-    requirements: Iterable[Requirement], package_set: MwaaPackageSet | None, lock_pins: dict[str, str]
-) -> list[str]:
+def added_pins(requirements: Iterable[Requirement], package_set: MwaaPackageSet | None) -> list[str]:
     """The requirements.txt lines for the wheel's dependencies that MWAA's constraints do not pin: each at the
-    lock's version when it has one (and it satisfies the wheel), else as the wheel asks. None without a package
-    set (the constraints file and pip then decide alone) and never a line for Airflow itself."""
+    version tested inside that package set (its ``added_pins.txt``) when it satisfies the wheel, else as the
+    wheel asks. None without a package set (the constraints file and pip then decide alone) and never a line
+    for Airflow itself."""
     if package_set is None:
         return []
     lines = []
@@ -303,7 +304,7 @@ def added_pins(
         name = canonicalize_name(requirement.name)
         if name in NEVER_PINNED or name in package_set.pins:
             continue
-        locked = lock_pins.get(name)
+        locked = package_set.tested.get(name)
         if locked is not None and requirement.specifier.contains(locked, prereleases=True):
             extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
             lines.append(f"{requirement.name}{extras}=={locked}")
@@ -365,8 +366,7 @@ def plan_requirements(airflow_version: str, sources: Sources) -> Requirements:
     DeployError on a conflict."""
     requirements = runtime_requirements(wheel_metadata(sources.wheel))
     package_set = mwaa_package_set(airflow_version)
-    lock_pins = parse_pins(sources.lock.read_text(encoding="utf-8"))
-    pins = added_pins(requirements, package_set, lock_pins)
+    pins = added_pins(requirements, package_set)
     if package_set is not None:
         check_resolution(requirements, pins, package_set)
     body = requirements_txt(airflow_version, sources.wheel.name, pins)

@@ -181,7 +181,7 @@ def apply_changes(**context: Any) -> dict[str, Any]:
     answer = ti.xcom_pull(task_ids="approve_mass_delete") or {}
     approved = answer if answer.get("approved") else None
     started = time.monotonic()
-    with connection(settings) as conn, guards_explained(answer):
+    with connection(settings) as conn, guard_recorded(context, settings), guards_explained(answer):
         counts = sync.apply_changes(
             conn,
             settings,
@@ -198,6 +198,19 @@ def apply_changes(**context: Any) -> dict[str, Any]:
         would = {f"would_have_{key}": counts[key] for key in ("inserted", "updated", "deleted")}
         counts = {**counts, **would, "inserted": 0, "updated": 0, "deleted": 0}
     return {**counts, "dry_run": options.dry_run}
+
+
+@contextmanager
+def guard_recorded(context: Mapping[str, Any], settings: Settings) -> Iterator[None]:
+    """A tripped guard marks the run failed in the run history, with the guard, where it is known: not every
+    Airflow hands on_failure_callback the exception (3.0 and 3.2 under ``airflow dags test`` do not)."""
+    from device_sync.guards import GuardTripped
+
+    try:
+        yield
+    except GuardTripped as tripped:
+        record_run_failure(context, settings, f"{context['ti'].task_id}: {tripped}", guard=tripped.guard)
+        raise
 
 
 @contextmanager
@@ -267,7 +280,9 @@ def record_step_failure(context: Mapping[str, Any]) -> None:
     task_id = context["ti"].task_id
     cause = getattr(error, "__cause__", None)
     guard = cause.guard if isinstance(cause, GuardTripped) else None
-    record_run_failure(context, load_settings(), f"{task_id}: {error or 'failed (see its log)'}", guard=guard)
+    # Without the exception (not every Airflow passes it), an error the step recorded itself is kept.
+    message = f"{task_id}: {error or 'failed (see its log)'}"
+    record_run_failure(context, load_settings(), message, keep_error=error is None, guard=guard)
 
 
 # --- after the steps --------------------------------------------------------------------------------------

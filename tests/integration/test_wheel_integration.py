@@ -200,7 +200,7 @@ def test_the_deploy_console_script_works_where_only_the_wheel_is_installed(
     installed: Path, wheel: Path, moto_server: str, tmp_path: Path
 ) -> None:
     """``device-sync-deploy --dry-run`` from the wheel's virtual environment, in a directory that knows nothing of
-    the checkout: its DAG files, stage file, lock and MWAA constraints are the wheel's package data."""
+    the checkout: its DAG files, stage file and MWAA constraints are the wheel's package data."""
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")

@@ -56,8 +56,8 @@ def sources(wheel: Path) -> deploy.Sources:
     return deploy.Sources.of_package("dev", wheel)
 
 
-def lock() -> dict[str, str]:
-    return deploy.parse_pins((REPO / "requirements.txt").read_text(encoding="utf-8"))
+def pins_tested_on(version: str) -> dict[str, str]:
+    return deploy.parse_pins((REPO / "include" / "mwaa" / version / "added_pins.txt").read_text(encoding="utf-8"))
 
 
 def requirement_lines(body: bytes) -> list[str]:
@@ -79,7 +79,7 @@ def test_requirements_txt_names_the_constraints_the_wheel_and_only_what_mwaa_doe
     version: str, expected: list[str]
 ) -> None:
     requirements = deploy.runtime_requirements(project_metadata())
-    pins = deploy.added_pins(requirements, deploy.mwaa_package_set(version), lock())
+    pins = deploy.added_pins(requirements, deploy.mwaa_package_set(version))
     body = deploy.requirements_txt(version, WHEEL, pins)
 
     lines = requirement_lines(body)
@@ -87,17 +87,19 @@ def test_requirements_txt_names_the_constraints_the_wheel_and_only_what_mwaa_doe
         f"--constraint https://raw.githubusercontent.com/apache/airflow/constraints-{version}/constraints-3.12.txt"
     )
     assert lines[1] == f"/usr/local/airflow/plugins/{WHEEL}"
-    # Exactly these, each at the development lock's version (psycopg[binary]==3.3.9, pydantic-settings==2.16.3).
-    assert lines[2:] == [f"{name}=={lock()[canonicalize_name(Requirement(name).name)]}" for name in expected]
+    # Exactly these, each at the version tested inside that package set (include/mwaa/<version>/added_pins.txt).
+    pinned = pins_tested_on(version)
+    assert lines[2:] == [f"{name}=={pinned[canonicalize_name(Requirement(name).name)]}" for name in expected]
     assert not any(
         canonicalize_name(Requirement(line).name) == "apache-airflow" for line in lines[1:] if "/" not in line
     )
 
 
-def test_the_pins_for_3_0_6_are_the_locks_versions() -> None:
+def test_the_pins_for_3_0_6_fit_its_python_dotenv() -> None:
+    """pydantic-settings 2.16 needs python-dotenv>=1.2.2, which MWAA 3.0.6 pins at 1.1.1: the pin is older."""
     requirements = deploy.runtime_requirements(project_metadata())
-    pins = deploy.added_pins(requirements, deploy.mwaa_package_set("3.0.6"), lock())
-    assert pins == [f"psycopg[binary]=={lock()['psycopg']}", f"pydantic-settings=={lock()['pydantic-settings']}"]
+    pins = deploy.added_pins(requirements, deploy.mwaa_package_set("3.0.6"))
+    assert pins == ["psycopg[binary]==3.3.9", "pydantic-settings==2.15.0"]
 
 
 def test_extra_only_and_foreign_python_dependencies_are_left_out() -> None:
@@ -110,16 +112,14 @@ def test_extra_only_and_foreign_python_dependencies_are_left_out() -> None:
 
 
 def test_airflow_itself_never_gets_a_line_even_where_nothing_pins_it() -> None:
-    package_set = deploy.MwaaPackageSet.parse("9.9.9", "croniter==1.0\n", "")
+    package_set = deploy.MwaaPackageSet.parse("9.9.9", "croniter==1.0\n", "", "apache-airflow==3.3.2\nrich==14.0.0\n")
     requirements = [Requirement("apache-airflow>=3"), Requirement("apache-airflow-core>=3"), Requirement("rich>=1")]
-    assert deploy.added_pins(requirements, package_set, {"apache-airflow": "3.3.2", "rich": "14.0.0"}) == [
-        "rich==14.0.0"
-    ]
+    assert deploy.added_pins(requirements, package_set) == ["rich==14.0.0"]
 
 
-def test_a_dependency_the_lock_does_not_know_is_named_as_the_wheel_asks() -> None:
+def test_a_dependency_without_a_tested_pin_is_named_as_the_wheel_asks() -> None:
     package_set = deploy.MwaaPackageSet.parse("9.9.9", "", "")
-    assert deploy.added_pins([Requirement("somepackage[x]>=1.2")], package_set, {}) == ["somepackage[x]>=1.2"]
+    assert deploy.added_pins([Requirement("somepackage[x]>=1.2")], package_set) == ["somepackage[x]>=1.2"]
 
 
 def test_a_version_without_data_gets_the_constraints_and_the_wheel_only(tmp_path: Path) -> None:
