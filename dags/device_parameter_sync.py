@@ -13,7 +13,13 @@ from functools import partial
 from airflow.sdk import Param, chain, task
 
 from device_sync import approval, assets, deadline, notifications, options, pool, resources, tasks
-from device_sync.compat import CronTriggerTimetable, TriggerRule, features_markdown, log_disabled_features
+from device_sync.compat import (
+    CronTriggerTimetable,
+    TriggerRule,
+    exponential_backoff,
+    features_markdown,
+    log_disabled_features,
+)
 from device_sync.config import load_settings
 from device_sync.dag_class import DeviceSyncDAG
 
@@ -78,7 +84,7 @@ with DeviceSyncDAG(
         "owner": "iot-data-platform",
         "retries": settings.retries,
         "retry_delay": timedelta(seconds=settings.retry_delay_seconds),
-        "retry_exponential_backoff": 2.0,
+        "retry_exponential_backoff": exponential_backoff(),
         "max_retry_delay": timedelta(minutes=10),
         "execution_timeout": timedelta(minutes=settings.task_timeout_minutes),
     },

@@ -49,6 +49,7 @@ __all__ = [
     "CronTriggerTimetable",
     "TriggerRule",
     "dag_runs_read_check",
+    "exponential_backoff",
     "features_markdown",
     "log_disabled_features",
 ]
@@ -99,6 +100,11 @@ def features_markdown() -> str:
         f"\n\n## Features on this Airflow ({AIRFLOW_VERSION})\n\n"
         f"| feature | needs Airflow | here |\n|---|---|---|\n{rows}\n"
     )
+
+
+def exponential_backoff() -> float | bool:
+    """``retry_exponential_backoff`` for delays that double: a multiplier from Airflow 3.2 on, a flag in 3.0."""
+    return 2.0 if Version("3.2.0") <= AIRFLOW_VERSION else True
 
 
 @cache

@@ -302,7 +302,7 @@ class Settings(BaseSettings):
         ge=1,
         le=1440,  # one day of one-minute intervals: CloudWatch's longest window for short periods
         description="Schedule intervals (longest gaps) without a successful sync before the no-successful-sync "
-        "alarm fires (make deploy-monitoring).",
+        "alarm fires (deployed by device-sync-deploy, or make deploy-monitoring).",
     )
     alarm_max_deletes: int = Field(
         1000, ge=0, le=10**9, description="Most deleted rows in one interval before the many-deletes alarm fires."
@@ -310,17 +310,17 @@ class Settings(BaseSettings):
     deploy_bucket: str | None = Field(
         None,
         pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
-        description="S3 bucket (versioning enabled) that `make deploy` uploads the MWAA artifacts to.",
+        description="S3 bucket (versioning enabled) that device-sync-deploy uploads the MWAA artifacts to.",
     )
     mwaa_environment: str | None = Field(
         None,
         pattern=r"^[A-Za-z][0-9A-Za-z_-]{0,79}$",
-        description="Amazon MWAA environment that `make deploy` updates (unset: upload only).",
+        description="Amazon MWAA environment that device-sync-deploy updates (unset: upload only).",
     )
     mwaa_airflow_version: str | None = Field(
         None,
         pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$",
-        description="Airflow version of the MWAA environment that `make deploy` writes requirements.txt for, when "
+        description="Airflow version of the MWAA environment that device-sync-deploy writes requirements.txt for, when "
         "DEVICE_SYNC_MWAA_ENVIRONMENT is unset (with it, the environment's own AirflowVersion is used).",
     )
 

@@ -17,6 +17,7 @@ from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import CronTriggerTimetable
 
 from conftest import REPO
+from device_sync import maintenance
 
 DAG_ID = "device_parameter_sync"
 PLAN = "plan_aggregation_shards"
@@ -46,7 +47,18 @@ def dag() -> Any:
 def test_dag_file_imports_without_errors() -> None:
     bag = load_dagbag()
     assert bag.import_errors == {}
-    assert list(bag.dags) == [DAG_ID]
+    assert sorted(bag.dags) == [DAG_ID, maintenance.DAG_ID]
+
+
+def test_the_maintenance_dag_is_off_by_default() -> None:
+    """Manual only, paused when it first appears, no retries, and no connection unless the admin names one."""
+    dag = load_dagbag().dags[maintenance.DAG_ID]
+    assert dag.timetable.summary == "None"
+    assert dag.is_paused_upon_creation is True
+    assert [task.task_id for task in dag.tasks] == [maintenance.TASK_ID]
+    assert dag.get_task(maintenance.TASK_ID).retries == 0
+    assert dag.params["conn_id"] is None
+    assert "device-sync-migrate" in (dag.doc_md or "")
 
 
 WATCHER = "fail_if_sync_failed"

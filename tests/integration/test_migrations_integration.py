@@ -430,3 +430,40 @@ def test_the_check_runs_as_a_least_privileged_login(
         conn.execute(sql.SQL("REVOKE SELECT ON device_sync.schema_version FROM {}").format(role))
     with psycopg.connect(url) as login, pytest.raises(SchemaError, match=r"device_sync_role\.sql"):
         migrations.require_current(login, settings)
+
+
+# --- the maintenance DAG: the migrations from inside Airflow (no shell, e.g. Amazon MWAA) ---------------------
+
+
+def maintenance_run(conf: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from device_sync import maintenance
+
+    dag = DagBag(dag_folder=str(REPO / "dags" / "device_sync_maintenance.py")).dags[maintenance.DAG_ID]
+    run = dag.test(run_conf=conf)
+    (ti,) = run.get_task_instances()
+    return str(ti.state), ti.xcom_pull(task_ids=maintenance.TASK_ID) or {}
+
+
+def test_the_maintenance_dag_migrates_as_the_connection_it_is_given(
+    airflow_db: None, conn: psycopg.Connection[Any]
+) -> None:
+    settings = load_settings()
+    state, _ = maintenance_run({"check_only": True, "conn_id": "device_sync_postgres"})
+    assert state == "success"
+    assert migrations.schema_state(conn, settings).status == "empty"  # check_only changed nothing
+
+    state, summary = maintenance_run({"conn_id": "device_sync_postgres"})
+
+    assert state == "success"
+    assert summary["applied"] == [migration.version for migration in migrations.available()]
+    assert (summary["status"], summary["version"]) == ("current", migrations.newest())
+    assert migrations.schema_state(conn, settings).status == "current"
+
+
+def test_the_maintenance_dag_does_nothing_without_a_connection(airflow_db: None, conn: psycopg.Connection[Any]) -> None:
+    settings = load_settings()
+    assert maintenance_run({})[0] == "failed"
+    assert maintenance_run({"conn_id": "no_such_connection"})[0] == "failed"
+    assert migrations.schema_state(conn, settings).status == "empty"

@@ -241,6 +241,32 @@ def test_no_import_errors_and_the_plugin_is_listed(mwaa: dict[str, Any]) -> None
     assert "device_sync" in {plugin["name"] for plugin in plugins}
 
 
+# The features each MWAA version lacks (device_sync.compat.FEATURES): human approval 3.3, deadlines 3.2, per-DAG
+# access 3.1.
+FEATURES_OFF = {"3.3.1": 0, "3.2.1": 1, "3.0.6": 3}
+
+
+def test_the_dag_says_once_which_features_are_off_and_why(mwaa: dict[str, Any]) -> None:
+    dag_file = mwaa["home"] / "dags" / "device_parameter_sync.py"
+    probe = (
+        "import logging, runpy; logging.basicConfig(level=logging.WARNING, format='%(message)s'); "
+        f"dag = runpy.run_path({str(dag_file)!r})['device_parameter_sync_dag']; "
+        "print('OFF-IN-DOC', dag.doc_md.count('**off**'))"
+    )
+    result = subprocess.run(
+        [str(mwaa["venv"] / "bin" / "python"), "-c", probe],
+        env=mwaa["env"], cwd=mwaa["home"], capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = FEATURES_OFF[mwaa["version"]]
+    assert f"OFF-IN-DOC {expected}" in result.stdout
+    output = result.stdout + result.stderr  # Airflow's own logging may take the root logger's records
+    said = {line[line.index("device-sync: ") :] for line in output.splitlines() if " is off on Airflow " in line}
+    assert len(said) == expected, output[-3000:]
+    if expected:
+        assert any("Human approval of a mass delete" in line and "fails the run at once" in line for line in said)
+
+
 def test_the_maintenance_dag_applies_the_migrations(mwaa: dict[str, Any]) -> None:
     conn = mwaa["conn"]
     execute(conn, SOURCE_DDL)
