@@ -93,7 +93,10 @@ with DeviceSyncDAG(
 ) as device_parameter_sync_dag:
     # A step that failed for good (not an attempt a retry may fix) marks the run failed in the run history.
     # Steps query the IoT database: the pool bounds how many of them (of every run) hold a session at once.
-    step = partial(task, on_failure_callback=tasks.record_step_failure, pool=pool.NAME)
+    # Each step's XCom is one small summary: multiple_outputs=False, or Airflow would push every key of the
+    # returned dict again as an XCom of its own (it infers multiple outputs from the dict return type).
+    summary = partial(task, multiple_outputs=False)
+    step = partial(summary, on_failure_callback=tasks.record_step_failure, pool=pool.NAME)
     # The shard count is fixed once per run: the shards and resolve_parameter_names take it from this plan.
     shard_plan = task(tasks.plan_aggregation_shards)()
     # The tables read are the inlets of the steps that read them (the asset graph shows the lineage).
@@ -114,10 +117,10 @@ with DeviceSyncDAG(
     )
     applied = step(tasks.apply_changes)()
     # The table's Asset event, only when the run changed it (skipped otherwise).
-    applied >> task(tasks.announce_change, outlets=[assets.target(settings)])()
+    applied >> summary(tasks.announce_change, outlets=[assets.target(settings)])()
     # No task retries: the CloudWatch client retries once within DEVICE_SYNC_CLOUDWATCH_TIMEOUT_SECONDS, so an
     # outage costs the run seconds and does not hold its staging tables (and the next run) for minutes.
-    publish = task(tasks.publish_metrics, trigger_rule=TriggerRule.ALL_DONE, retries=0)()
+    publish = summary(tasks.publish_metrics, trigger_rule=TriggerRule.ALL_DONE, retries=0)()
     cleanup = task(tasks.cleanup_staging, pool=pool.NAME)()
     chain(shard_plan, devices, pairs, names, delta, approval_asked, applied, publish)
     # The first three steps create the run's staging tables: they are the setups of cleanup_staging, so

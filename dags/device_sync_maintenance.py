@@ -32,7 +32,7 @@ with DAG(
     tags=["device-sync", "maintenance"],
     default_args={"owner": "iot-data-platform", "retries": 0},
 ) as device_sync_maintenance_dag:
-    task(maintenance.apply_migrations, task_id=maintenance.TASK_ID)()
+    task(maintenance.apply_migrations, task_id=maintenance.TASK_ID, multiple_outputs=False)()
 
 
 if __name__ == "__main__":

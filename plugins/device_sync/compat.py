@@ -52,6 +52,7 @@ __all__ = [
     "exponential_backoff",
     "features_markdown",
     "log_disabled_features",
+    "register_assets_for_a_foreground_run",
 ]
 
 
@@ -100,6 +101,21 @@ def features_markdown() -> str:
         f"\n\n## Features on this Airflow ({AIRFLOW_VERSION})\n\n"
         f"| feature | needs Airflow | here |\n|---|---|---|\n{rows}\n"
     )
+
+
+def register_assets_for_a_foreground_run(dag: Any) -> None:
+    """Airflow 3.0's ``dag.test()`` does not record the DAG's assets, so its tasks refuse their inlets and outlets
+    as inactive; record them as the dag processor does (later versions do it themselves)."""
+    if Version("3.1.0") <= AIRFLOW_VERSION:
+        return
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.models.dag import DAG as SchedulerDAG
+    from airflow.serialization.serialized_objects import SerializedDAG  # type: ignore[attr-defined,unused-ignore]
+
+    DagBundlesManager().sync_bundles_to_db()  # type: ignore[no-untyped-call,unused-ignore]
+    serialized = SerializedDAG.deserialize_dag(SerializedDAG.serialize_dag(dag))  # type: ignore[attr-defined,unused-ignore]
+    # Airflow 3.0's own scheduler-side DAG: what its dag processor calls.
+    SchedulerDAG.bulk_write_to_db("dags-folder", None, [serialized])  # type: ignore[call-arg,attr-defined,unused-ignore]  # noqa: AIR311
 
 
 def exponential_backoff() -> float | bool:
