@@ -27,7 +27,7 @@ AIRFLOW_VERSION = Version(Version(airflow.__version__).base_version)
 
 # Airflow 3.1 moved these into the public SDK; 3.0 keeps them in airflow.exceptions and airflow.timetables.
 if hasattr(airflow.sdk.exceptions, "AirflowFailException"):
-    from airflow.sdk import CronTriggerTimetable, TriggerRule
+    from airflow.sdk import BaseHook, CronTriggerTimetable, TriggerRule
     from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowSkipException
 else:  # Airflow 3.0
     from airflow.exceptions import (  # type: ignore[no-redef,attr-defined]
@@ -35,6 +35,7 @@ else:  # Airflow 3.0
         AirflowNotFoundException,
         AirflowSkipException,
     )
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined,unused-ignore]
     from airflow.timetables.trigger import CronTriggerTimetable  # type: ignore[no-redef,assignment]
     from airflow.utils.trigger_rule import TriggerRule  # type: ignore[no-redef]
 
@@ -46,6 +47,7 @@ __all__ = [
     "AirflowFailException",
     "AirflowNotFoundException",
     "AirflowSkipException",
+    "BaseHook",
     "CronTriggerTimetable",
     "TriggerRule",
     "dag_runs_read_check",

@@ -771,8 +771,7 @@ def require_bucket(settings: Settings) -> str:
 
 def require_connection(aws_conn_id: str) -> None:
     """DeployError when the Airflow connection does not exist (AwsBaseHook would silently use no connection)."""
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from device_sync.compat import AirflowNotFoundException, BaseHook
 
     try:
         BaseHook.get_connection(aws_conn_id)
