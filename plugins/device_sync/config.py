@@ -36,7 +36,8 @@ STAGES: tuple[str, ...] = get_args(Stage)
 
 # A plain, unquoted PostgreSQL identifier. Anything else (quotes, dots inside a part, spaces,
 # semicolons) is refused rather than escaped, so a misconfiguration can never become SQL.
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# Matched whole (fullmatch): with re.match, "$" would also match before a final newline.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 # Airflow's cron presets (airflow.utils.dates.cron_presets, which CronTriggerTimetable reads the same way). A
 # preset is replaced by its expression, so the DAG, /health and the alarms all read the same five fields.
@@ -62,7 +63,7 @@ class ConfigError(ValueError):
 
 
 def _check_identifier(value: str) -> str:
-    if not _IDENTIFIER.match(value):
+    if not _IDENTIFIER.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a plain SQL identifier "
             "(letters, digits and underscores, starting with a letter or underscore, at most 63 characters)"

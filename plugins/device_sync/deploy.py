@@ -86,12 +86,12 @@ MWAA_MARKER_ENVIRONMENT = {
 }
 # MWAA installs Airflow itself: requirements.txt never names it (its essential constraints pin it anyway).
 NEVER_PINNED = frozenset({"apache-airflow", "apache-airflow-core", "apache-airflow-task-sdk"})
-AIRFLOW_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
+AIRFLOW_VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")  # matched whole
 # Settings of the deploy itself, never exported to the environment.
 DEPLOY_ONLY = frozenset(
     {"DEVICE_SYNC_DEPLOY_BUCKET", "DEVICE_SYNC_MWAA_ENVIRONMENT", "DEVICE_SYNC_MWAA_AIRFLOW_VERSION"}
 )
-_EXPORTABLE = re.compile(r"^DEVICE_SYNC_[A-Z0-9_]+$")
+_EXPORTABLE = re.compile(r"DEVICE_SYNC_[A-Z0-9_]+")  # matched whole
 # MWAA accepts UpdateEnvironment only in these states; in any other one (UPDATING, CREATING, ...) we stop
 # before uploading anything.
 UPDATABLE_STATUSES = frozenset({"AVAILABLE", "UPDATE_FAILED"})
@@ -402,7 +402,7 @@ def startup_sh(stage: str, stage_file: Path) -> bytes:
     for name, value in dotenv_values(stage_file).items():
         if not name.startswith("DEVICE_SYNC_") or name in DEPLOY_ONLY or name == "DEVICE_SYNC_STAGE":
             continue
-        if not _EXPORTABLE.match(name):
+        if not _EXPORTABLE.fullmatch(name):
             raise DeployError(f"{stage_file}: {name!r} is no device-sync setting (upper-case DEVICE_SYNC_* names)")
         if value is not None:
             variables[name] = value
@@ -522,7 +522,7 @@ def airflow_version(settings: Settings, environment: dict[str, Any] | None) -> s
     setting ``DEVICE_SYNC_MWAA_AIRFLOW_VERSION``; DeployError when neither gives one."""
     if environment is not None and environment.get("AirflowVersion"):
         version = str(environment["AirflowVersion"])
-        if not AIRFLOW_VERSION.match(version):
+        if not AIRFLOW_VERSION.fullmatch(version):
             raise DeployError(f"MWAA environment {environment.get('Name')!r} reports Airflow version {version!r}")
         return version
     if settings.mwaa_airflow_version:

@@ -40,7 +40,7 @@ SQL = "migrations/"
 LOCK = f"{db.STEPS_SQL}lock_target.sql"  # the writers' advisory lock, shared with apply_changes
 # A migration file; any other .sql file in the folder that starts with a digit is refused (a typo would
 # otherwise silently skip a migration). The runner's own files (state.sql, schema_version.sql) start with a letter.
-_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_MIGRATION_FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")  # matched whole
 DATABASE_URL_ENV = "DEVICE_SYNC_MIGRATE_DATABASE_URL"
 # What applies the migrations where the package is installed (the wheel's console script; `make migrate` in a
 # checkout), and where nobody has a shell (Amazon MWAA): the maintenance DAG.
@@ -88,7 +88,7 @@ def available() -> tuple[Migration, ...]:
     for entry in migrations_dir().iterdir():
         if not entry.name.endswith(".sql") or not entry.name[:1].isdigit():
             continue
-        match = _MIGRATION_FILE.match(entry.name)
+        match = _MIGRATION_FILE.fullmatch(entry.name)
         if match is None:
             raise MigrationFileError(
                 f"migration file {entry.name!r} must be named NNNN_<name>.sql (four digits, lower-case name)"
@@ -353,6 +353,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             state = schema_state(conn, settings)
             print(f"{where}: {state.describe()}")
             return 1 if state.status in ("empty", "behind") else 0
+        before = schema_state(conn, settings)
+        if before.status == "ahead":
+            print(
+                f"migrate: {where} is at schema version {before.version}, newer than this package's "
+                f"{before.needed}: nothing was changed; run the migrations of the newer package",
+                file=sys.stderr,
+            )
+            return 2
         applied = migrate(conn, settings)
         state = schema_state(conn, settings)
     except SchemaError as error:

@@ -310,6 +310,12 @@ def test_a_newer_database_runs_with_a_warning(conn: psycopg.Connection[Any], cap
     assert migrations.ensure_current(conn, settings) == []
     assert migrations.migrate(conn, settings) == []
 
+    # The command an admin runs says so, and fails: a newer database is not "already current".
+    result = run_migrate("--database-url", conn.info.dsn)
+    assert result.returncode == 2, result.stdout
+    assert f"schema version 999, newer than this package's {migrations.newest()}" in result.stderr
+    assert "already current" not in result.stdout
+
 
 def test_a_missing_table_of_a_migrated_schema_is_named(conn: psycopg.Connection[Any]) -> None:
     settings = load_settings()

@@ -245,6 +245,23 @@ def test_the_list_of_numeric_settings_is_complete() -> None:
     assert numeric == set(NUMERIC_SETTINGS)
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DEVICE_SYNC_STAGING_SCHEMA", "device_sync\n"),
+        ("DEVICE_SYNC_MEASUREMENTS_TIME_COLUMN", "time\n"),
+        ("DEVICE_SYNC_MEASUREMENTS_TABLE", "iot_data.measurements\n"),
+    ],
+)
+def test_a_name_with_a_trailing_newline_is_refused_at_import(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """Names are matched whole: "$" of re.match would accept the text before a final newline."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=variable):
+        load_settings()
+
+
 @pytest.mark.parametrize("variable", NUMERIC_SETTINGS)
 @pytest.mark.parametrize("value", [FAR_OUT, "-" + FAR_OUT, "100000000000000"])
 def test_far_out_numbers_are_refused_at_parse_time(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
