@@ -18,7 +18,9 @@ without human-in-the-loop's ``awaiting_input`` state (before 3.3) it never asks 
 
 from __future__ import annotations
 
+import html
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -63,12 +65,12 @@ def question_body(settings: Settings, run_id: str, review: dict[str, Any]) -> st
 
     pending = link(f"/device-sync/changes/pending?run_id={quote(run_id, safe='')}")
     sample = "\n".join(
-        f"| `{row['device_id']}` | `{row['parameter_id']}` | {row.get('device_name') or ''} | "
-        f"{row.get('parameter_name') or ''} |"
+        f"| {as_text(row['device_id'])} | {as_text(row['parameter_id'])} | {as_text(row.get('device_name'))} | "
+        f"{as_text(row.get('parameter_name'))} |"
         for row in review["deleted_sample"]
     )
     return f"""\
-Run `{run_id}` would delete more than DEVICE_SYNC_MAX_DELETE_FRACTION={settings.max_delete_fraction:g} of the
+Run {as_text(run_id)} would delete more than DEVICE_SYNC_MAX_DELETE_FRACTION={settings.max_delete_fraction:g} of the
 table, so its mass-delete guard stopped it before writing anything.
 
 | would insert | would update | would delete | table rows | share deleted |
@@ -88,6 +90,20 @@ applied and the run fails. **Reject** fails the run (MassDeleteBlocked=1).
 No answer within {settings.approval_timeout_minutes} minute(s) is a Reject.
 Check the sources (is a device or the measurements pipeline down?) before approving.
 """
+
+
+# Markdown's punctuation that can make structure (table cells, links, images, emphasis, code, headings).
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#!|~])")
+
+
+def as_text(value: Any) -> str:
+    """Source data (a device or parameter id or name, a run id) shown as data in the question's Markdown: one
+    line, HTML's characters as entities and Markdown's structural ones escaped, so a name with ``|`` stays in
+    its cell and one with ``[text](url)`` or ``<img ...>`` is shown, not followed or rendered."""
+    if value is None:
+        return ""
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
 
 
 def _share(review: dict[str, Any]) -> str:

@@ -28,10 +28,29 @@ def test_the_question_shows_counts_share_sample_and_the_change_list() -> None:
 
     assert subject == "device-sync dev: approve deleting 60 of 200 rows (30%) of iot_data.device_parameters?"
     assert "| 3 | 1 | 60 | 200 | 30% |" in body
-    assert "| `d141` | `p` | Device 141 | Param |" in body
-    assert "| `d142` | `p` |  |  |" in body
+    assert "| d141 | p | Device 141 | Param |" in body
+    assert "| d142 | p |  |  |" in body
     assert "/device-sync/changes/pending?run_id=manual__2026-12-03T10%3A00%3A00%2B00%3A00" in body
     assert "No answer within 60 minute(s) is a Reject" in body
+
+
+def test_source_names_are_shown_as_data_not_markdown() -> None:
+    """A name with | stays in its cell; a name that is a Markdown link or HTML is shown, not followed."""
+    evil = {
+        "device_id": "d|1",
+        "parameter_id": "p`x`",
+        "device_name": "[APPROVE NOW](https://example.invalid/approve)",
+        "parameter_name": "<img src=x onerror=alert(1)> &amp;\n# heading",
+    }
+    body = approval.question_body(load_settings(), "manual__`x`", {**REVIEW, "deleted_sample": [evil]})
+    (row,) = [line for line in body.splitlines() if line.startswith("| d\\|1")]
+    cells = [cell for cell in row.replace("\\|", "").split("|")]
+    assert len(cells) == 6  # four cells: the | of "d|1" is escaped
+    assert "](https://" not in body.replace("\\](", "")
+    assert "\\[APPROVE NOW\\]\\(https://example.invalid/approve\\)" in row
+    assert "<img" not in body and "&lt;img src=x onerror=alert\\(1\\)&gt;" in row
+    assert "&amp;amp;" in row and "\\# heading" in row  # one line: the newline is gone
+    assert "`x`" not in body
 
 
 def test_an_empty_table_has_no_share() -> None:
