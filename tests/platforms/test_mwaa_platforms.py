@@ -32,6 +32,7 @@ import psycopg
 import pytest
 
 from conftest import ADMIN_URL, REPO, SOURCE_DDL, psycopg_url_to_airflow_uri
+from device_sync import deploy, resources
 from source_data import add_devices, add_measurements, add_parameters, add_target, execute, query, target
 
 VERSIONS = ("3.3.1", "3.2.1", "3.0.6")
@@ -214,6 +215,16 @@ def dags_test(mwaa: dict[str, Any], dag_id: str, when: datetime, conf: dict[str,
 
 
 # --- the checks, in order, on each environment ----------------------------------------------------------------
+
+
+def test_the_packaged_constraints_are_the_shared_copies(mwaa: dict[str, Any]) -> None:
+    """What the deploy checks offline (include/mwaa/<version>/) is MWAA's own data, byte for byte."""
+    version = mwaa["version"]
+    for name in ("airflow_constraints.txt", "mwaa_essential_constraints.txt"):
+        assert (resources.INCLUDE / "mwaa" / version / name).read_bytes() == (
+            PLATFORMS / f"mwaa-{version}" / name
+        ).read_bytes()
+    assert deploy.known_airflow_versions() == ["3.0.6", "3.2.1", "3.3.1"]
 
 
 def test_the_uploaded_requirements_install_the_wheel_under_mwaas_constraints(mwaa: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from conftest import REPO
-from device_sync import __version__, deploy, pool, resources
+from device_sync import __version__, deploy, pool
 from device_sync.config import ConfigError, Settings, load_settings
 
 VERSIONS = ("3.3.1", "3.2.1", "3.0.6")
@@ -167,16 +167,6 @@ def test_essential_pins_win_over_the_airflow_constraints() -> None:
 def test_the_real_wheels_dependencies_pass_the_check_for_every_mwaa_version(version: str, tmp_path: Path) -> None:
     planned = deploy.plan_requirements(version, sources(fake_wheel(tmp_path, project_metadata())))
     assert planned.checked
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-def test_the_packaged_constraints_are_the_shared_copies(version: str) -> None:
-    shared = REPO.parent / "shared" / "platforms" / f"mwaa-{version}"
-    if not shared.is_dir():
-        pytest.skip(f"{shared} is not on this machine")
-    for name in ("airflow_constraints.txt", "mwaa_essential_constraints.txt"):
-        assert (resources.INCLUDE / "mwaa" / version / name).read_bytes() == (shared / name).read_bytes()
-    assert deploy.known_airflow_versions() == ["3.0.6", "3.2.1", "3.3.1"]
 
 
 # --- the Airflow version's source ------------------------------------------------------------------------------
