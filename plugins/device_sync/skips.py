@@ -6,10 +6,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# Unicode's White_Space characters, as one regular expression class: a name made only of these is missing.
-# (PostgreSQL's btrim strips spaces only, and [[:space:]] depends on the database's locale.) Bound as the
-# parameter %(blank_name)s of the statements that judge names.
-BLANK_NAME_PATTERN = r"^[\u0009-\u000D\u0020\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$"
+# What shows nothing: Unicode's White_Space characters, and the invisible ones (format characters and
+# fillers: zero-width space and joiners, U+2060 word joiner, U+FEFF byte order mark, bidirectional marks, soft
+# hyphen, Hangul fillers). A name or device id made only of these (or empty) is blank: the name is missing,
+# the device id is no device. One regular expression class, bound as %(blank_name)s of the statements that
+# judge them (PostgreSQL's btrim strips spaces only, and [[:space:]] depends on the database's locale).
+BLANK_NAME_PATTERN = (
+    r"^[\u0009-\u000D\u0020\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000"
+    r"\u00AD\u034F\u115F\u1160\u180E\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u206F\u3164\uFEFF\uFFA0]*$"
+)
 
 # Source rows and observed pairs skipped as bad input, by the key of the step summary that counts them:
 # device rows (discover_active_devices), measurement rows (aggregate), pairs and parameter rows (resolve).

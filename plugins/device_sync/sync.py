@@ -69,7 +69,7 @@ def discover_active_devices(
     ensure_schema(conn, settings)
     with db.transaction(conn, settings.statement_timeout_seconds) as cur:
         staging.rebuild(cur, "active_devices", tables, settings, _names(device_ids))
-        return staging.summary(cur, "discover_active_devices", tables, settings, _scope(device_ids))
+        return staging.summary(cur, "discover_active_devices", tables, settings, _names(device_ids))
 
 
 def pair_method(cur: psycopg.Cursor[Any], settings: Settings) -> str:

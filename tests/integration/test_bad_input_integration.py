@@ -463,14 +463,16 @@ def test_a_valid_trigger_param_run_after_the_refused_ones_still_applies(
     assert [row[:3] for row in history(conn)] == [(dag_run.run_id, "success", True)]
 
 
-# --- names made only of whitespace, empty ids -------------------------------------------------------------
+# --- names made only of whitespace or invisible characters, blank ids -----------------------------------------
 
-# Names made only of Unicode White_Space characters, none of them the ASCII space alone.
+# Names made only of Unicode White_Space characters, none of them the ASCII space alone, and names made only of
+# invisible characters (zero-width space, byte order mark, joiners, bidirectional marks, soft hyphen).
 WHITESPACE_NAMES = ("\t\n", "\u00a0", "\u2003\u3000", "\r\x0b\x0c", "\u2028 \u205f", "\x85", "\u1680\u202f")
+INVISIBLE_NAMES = ("\u200b", "\ufeff", "\u200b\ufeff\u200b", "\u200c\u200d\u2060", "\u200e\u202e", "\u00ad", " \u200b ")
 
 
-@pytest.mark.parametrize("blank_name", WHITESPACE_NAMES)
-def test_names_made_only_of_unicode_whitespace_are_missing_and_skipped(
+@pytest.mark.parametrize("blank_name", WHITESPACE_NAMES + INVISIBLE_NAMES)
+def test_names_made_only_of_whitespace_or_invisible_characters_are_missing_and_skipped(
     conn: psycopg.Connection[Any], blank_name: str
 ) -> None:
     add_devices(conn, ("d1", "Device 1", True), ("d2", blank_name, True))
@@ -484,18 +486,21 @@ def test_names_made_only_of_unicode_whitespace_are_missing_and_skipped(
     assert summary["skipped"] == 2
 
 
-def test_a_name_with_a_visible_character_among_whitespace_is_usable(conn: psycopg.Connection[Any]) -> None:
+def test_a_name_with_a_visible_character_among_whitespace_or_invisible_ones_is_usable(
+    conn: psycopg.Connection[Any],
+) -> None:
     add_devices(conn, ("d1", "\u00a0x\t", True))
-    add_parameters(conn, ("p1", "\u200b"))  # a zero-width space is not White_Space: it is a (strange) name
+    add_parameters(conn, ("p1", "\u200bT\ufeff"))
     add_measurements(conn, ("d1", "p1", INSIDE))
     run_sync(conn)
-    assert target(conn) == {("d1", "p1"): ("\u00a0x\t", "\u200b")}
+    assert target(conn) == {("d1", "p1"): ("\u00a0x\t", "\u200bT\ufeff")}
 
 
-def test_an_empty_device_id_is_skipped_and_counted(conn: psycopg.Connection[Any]) -> None:
-    add_devices(conn, ("", "Nameless id", True), ("d1", "Device 1", True))
+@pytest.mark.parametrize("blank_id", ["", "   ", "\t", "\u00a0\u3000", "\u200b", "\ufeff "])
+def test_a_blank_device_id_is_no_device_skipped_and_counted(conn: psycopg.Connection[Any], blank_id: str) -> None:
+    add_devices(conn, (blank_id, "Nameless id", True), ("d1", "Device 1", True))
     add_parameters(conn, ("p1", "Temp"))
-    add_measurements(conn, ("", "p1", INSIDE), ("d1", "p1", INSIDE))
+    add_measurements(conn, (blank_id, "p1", INSIDE), ("d1", "p1", INSIDE))
 
     summary = run_sync(conn)
 

@@ -10,8 +10,8 @@ The model is written from the sync's rules, not from its SQL:
 * an observed pair is desired when its device name is non-blank and its parameter is known with a
   non-blank name, otherwise it is skipped;
 * the final target is the desired pairs (with their names) plus the old rows of skipped pairs, unchanged;
-* a blank name is NULL or made only of Unicode White_Space characters; an empty device id is no device
-  (skipped and counted).
+* a blank name is NULL or made only of Unicode White_Space and invisible characters; a device id made
+  only of them (or empty) is no device (skipped and counted).
 
 Ids come from small alphabets with case and trailing-space variants so that collisions happen; names are
 lowercase ASCII letters, spaces and a few other whitespace characters. A second sync over the same
@@ -41,7 +41,7 @@ START = END - timedelta(minutes=LOOKBACK)
 MICROSECOND = timedelta(microseconds=1)
 
 # Small id alphabets with case and trailing-space variants, so that ids collide and near-collide.
-DEVICE_IDS = ["d1", "D1", "d1 ", "d2", "", None]
+DEVICE_IDS = ["d1", "D1", "d1 ", "d2", "", "  ", "\u200b", None]
 MEASURED_DEVICE_IDS = [*DEVICE_IDS, "d3"]  # d3 has no device row
 PARAMETER_IDS = ["p1", "P1", "p1 ", "p2", None]
 MEASURED_PARAMETER_IDS = [*PARAMETER_IDS, "p9"]  # p9 has no parameter row
@@ -65,7 +65,10 @@ OUTSIDE_TIMES = [
 names = st.text(alphabet="ab \t\u00a0", max_size=3)
 usable_names = st.text(alphabet="ab \u3000", min_size=1, max_size=3).filter(lambda n: not blank(n))
 source_names = st.one_of(
-    usable_names, usable_names, names, st.sampled_from([None, "", " ", "   ", "\t\n", "\u00a0", "\u2003 \u3000"])
+    usable_names,
+    usable_names,
+    names,
+    st.sampled_from([None, "", " ", "   ", "\t\n", "\u00a0", "\u2003 \u3000", "\u200b", "\ufeff \u200d", "a\u200b"]),
 )
 statuses = st.sampled_from([True, True, True, False, None])
 times = st.one_of(*[st.sampled_from(INSIDE_TIMES)] * 3, st.sampled_from(OUTSIDE_TIMES))
@@ -77,15 +80,17 @@ MeasurementRow = tuple[str | None, str | None, datetime | None]
 Scenario = tuple[list[DeviceRow], list[ParameterRow], list[MeasurementRow], dict[Pair, tuple[str, str]]]
 
 
-# Unicode's White_Space property, written out (Python's str.isspace also counts U+001C..U+001F).
+# Unicode's White_Space property, written out (Python's str.isspace also counts U+001C..U+001F), and the
+# invisible characters that a blank name or id may hold.
 WHITE_SPACE = set("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | {
     chr(c) for c in range(0x2000, 0x200B)
 }
+INVISIBLE = {"\u200b", "\u200c", "\u200d", "\ufeff"}
 
 
 def blank(name: str | None) -> bool:
-    """NULL or made only of White_Space characters."""
-    return name is None or all(character in WHITE_SPACE for character in name)
+    """NULL or made only of White_Space and invisible characters."""
+    return name is None or all(character in WHITE_SPACE | INVISIBLE for character in name)
 
 
 def _often(*choices: Iterable[Any]) -> st.SearchStrategy[Any]:
@@ -104,7 +109,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     """
     # Any rows, plus (mostly) a row or two that is certainly usable, all in a random order.
     device_rows = draw(st.lists(st.tuples(st.sampled_from(DEVICE_IDS), source_names, statuses), max_size=7))
-    usable_device_row = st.tuples(st.sampled_from([d for d in DEVICE_IDS if d]), usable_names, st.just(True))
+    usable_device_row = st.tuples(st.sampled_from([d for d in DEVICE_IDS if not blank(d)]), usable_names, st.just(True))
     device_rows += [draw(usable_device_row) for _ in range(draw(st.sampled_from([1, 1, 2, 0])))]
     device_rows = draw(st.permutations(device_rows))
     parameter_rows = draw(st.lists(st.tuples(st.sampled_from(PARAMETER_IDS), source_names), max_size=6))
@@ -143,7 +148,7 @@ def model(
     """The expected final target, run summary and skipped pairs."""
     active_rows: dict[str, list[str | None]] = {}
     for device_id, name, status in device_rows:
-        if device_id and status is True:
+        if not blank(device_id) and status is True:
             active_rows.setdefault(device_id, []).append(name)
     device_name = {device_id: choose(rows, rank) for device_id, rows in active_rows.items()}
 
@@ -184,7 +189,7 @@ def model(
         "active_devices": len(device_name),
         "device_name_missing": sum(1 for name in device_name.values() if blank(name)),
         "device_id_null": sum(1 for d, _, _ in device_rows if d is None),
-        "device_id_empty": sum(1 for d, _, s in device_rows if d == "" and s is True),
+        "device_id_empty": sum(1 for d, _, s in device_rows if d is not None and blank(d) and s is True),
         "device_status_null": sum(1 for d, _, s in device_rows if d is not None and s is None),
         "device_duplicate_rows": sum(len(rows) - 1 for rows in active_rows.values()),
         "observed_pairs": len(observed),

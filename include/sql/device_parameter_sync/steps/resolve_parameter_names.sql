@@ -1,6 +1,6 @@
 -- Names every observed pair. A pair that cannot be named is kept with a skip_reason: it is neither
 -- inserted nor deleted (bad source data must not delete a row that is still being reported).
--- A name made only of Unicode whitespace (%(blank_name)s) is missing.
+-- A name made only of Unicode whitespace or invisible characters (%(blank_name)s) is missing.
 -- Duplicate parameter rows resolve deterministically: a usable name first, then the smallest name.
 CREATE UNLOGGED TABLE {resolved_pairs} AS
 WITH parameters AS (
