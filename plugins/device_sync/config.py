@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, lru_cache
@@ -160,6 +161,39 @@ class _ExactNames(PydanticBaseSettingsSource):
         return values
 
 
+# Airflow's own rule for a connection id (airflow.models.connection: RE_SANITIZE_CONN_ID, CONN_ID_MAX_LEN).
+CONN_ID_PATTERN = r"^[\w#!()\-.:/\\]+$"
+CONN_ID_MAX_LENGTH = 250
+SCHEDULE_MAX_LENGTH = 100
+# S3's bucket naming rules (general purpose buckets) besides the characters and length of the field's pattern.
+_S3_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_S3_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+_IPV4 = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}")
+
+
+def _check_no_control_characters(value: Any) -> Any:
+    if isinstance(value, str) and any(unicodedata.category(character) == "Cc" for character in value):
+        raise ValueError("control characters (newline, tab, NUL, ...) are not accepted")
+    return value
+
+
+def _check_bucket(value: str | None) -> str | None:
+    if value is None:
+        return value
+    problem = ""
+    if ".." in value or ".-" in value or "-." in value:
+        problem = "no two adjacent periods, and no period next to a hyphen"
+    elif _IPV4.fullmatch(value):
+        problem = "not formatted as an IP address"
+    elif value.startswith(_S3_RESERVED_PREFIXES) or value.endswith(_S3_RESERVED_SUFFIXES):
+        problem = (
+            f"not starting with {', '.join(_S3_RESERVED_PREFIXES)} nor ending with {', '.join(_S3_RESERVED_SUFFIXES)}"
+        )
+    if problem:
+        raise ValueError(f"{value!r} is not a valid S3 bucket name: {problem}")
+    return value
+
+
 def _check_qualified_name(value: str) -> str:
     parts = value.split(".")
     if len(parts) != 2:
@@ -182,6 +216,7 @@ class Settings(BaseSettings):
     )
     schedule: str = Field(
         "0 * * * *",
+        max_length=SCHEDULE_MAX_LENGTH,
         description="Cron expression (UTC) of the scheduled runs: exactly 5 fields (minute hour day-of-month month "
         "day-of-week), or one of Airflow's presets @hourly, @daily, @weekly, @monthly, @quarterly, @yearly (read as "
         "their expression); it must fire at least once a year. Its longest gap over a year is the schedule interval "
@@ -191,9 +226,20 @@ class Settings(BaseSettings):
         1440, ge=1, le=60 * 24 * 31, description="Length of the window that ends at the run's data_interval_end."
     )
     postgres_conn_id: str = Field(
-        "device_sync_postgres", min_length=1, description="Airflow connection of the IoT database."
+        "device_sync_postgres",
+        min_length=1,
+        max_length=CONN_ID_MAX_LENGTH,
+        pattern=CONN_ID_PATTERN,
+        description="Airflow connection of the IoT database (an Airflow connection id: at most 250 letters, digits "
+        "and _#!()-.:/\\).",
     )
-    aws_conn_id: str = Field("aws_default", min_length=1, description="Airflow connection used for CloudWatch.")
+    aws_conn_id: str = Field(
+        "aws_default",
+        min_length=1,
+        max_length=CONN_ID_MAX_LENGTH,
+        pattern=CONN_ID_PATTERN,
+        description="Airflow connection used for CloudWatch and SNS (an Airflow connection id).",
+    )
     measurements_table: str = Field("iot_data.measurements", description="Schema-qualified measurements table.")
     measurements_time_column: str = Field("time", description="Timestamp column of the measurements table.")
     staging_schema: str = Field("device_sync", description="Schema the package owns for its per-run staging tables.")
@@ -255,7 +301,11 @@ class Settings(BaseSettings):
         30, ge=1, le=3600, description="First retry delay of a task; it doubles per retry, at most 10 minutes."
     )
     cloudwatch_namespace: str = Field(
-        "IoT/DeviceParameterSync", min_length=1, max_length=255, description="CloudWatch namespace of the metrics."
+        "IoT/DeviceParameterSync",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9 .\-_/#:]+$",
+        description="CloudWatch namespace of the metrics (letters, digits, space and .-_/#:).",
     )
 
     history_retention_days: int = Field(
@@ -339,6 +389,16 @@ class Settings(BaseSettings):
         from_file = dotenv_values(stage_file) if isinstance(stage_file, str | os.PathLike) else {}
         return init_settings, _ExactNames(settings_cls, os.environ), _ExactNames(settings_cls, from_file)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _printable(cls, value: Any) -> Any:
+        return _check_no_control_characters(value)
+
+    @field_validator("deploy_bucket")
+    @classmethod
+    def _valid_bucket(cls, value: str | None) -> str | None:
+        return _check_bucket(value)
+
     @field_validator("alert_sns_topic_arn", mode="before")
     @classmethod
     def _empty_is_off(cls, value: Any) -> Any:
@@ -395,6 +455,12 @@ class Settings(BaseSettings):
         return sql.Identifier(schema, table)
 
 
+def _shown(value: Any, limit: int = 120) -> str:
+    """The refused value for the message, cut short: a 1 MB variable does not make a 1 MB error."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
+
+
 def load_settings() -> Settings:
     """Read and validate the settings; raise :class:`ConfigError` naming every bad variable."""
     stage = os.environ.get(f"{ENV_PREFIX}STAGE", "dev")
@@ -409,5 +475,5 @@ def load_settings() -> Settings:
         for item in error.errors():
             field = str(item["loc"][0]) if item["loc"] else "?"
             variable = variable_name(field)
-            problems.append(f"{variable}: {item['msg']} (got {item.get('input')!r})")
+            problems.append(f"{variable}: {item['msg']} (got {_shown(item.get('input'))})")
         raise ConfigError("Invalid device-sync configuration: " + "; ".join(problems)) from None

@@ -449,3 +449,49 @@ def test_the_readme_configuration_table_lists_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     rows = {line.split("|")[1].strip().strip("`") for line in readme.splitlines() if line.startswith("| `DEVICE_SYNC_")}
     assert {variable_name(name) for name in Settings.model_fields} <= rows
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DEVICE_SYNC_AWS_CONN_ID", "a" * 1_000_000),  # 1 MB
+        ("DEVICE_SYNC_AWS_CONN_ID", "a" * 251),  # Airflow's connection ids have at most 250 characters
+        ("DEVICE_SYNC_POSTGRES_CONN_ID", "device_sync\npostgres"),
+        ("DEVICE_SYNC_POSTGRES_CONN_ID", "device sync"),  # not an Airflow connection id
+        ("DEVICE_SYNC_SCHEDULE", "0 " + " " * 200_000 + "* * * *"),  # 200 kB
+        ("DEVICE_SYNC_SCHEDULE", "0 *\n* * *"),
+        ("DEVICE_SYNC_CLOUDWATCH_NAMESPACE", "IoT\tSync"),
+        ("DEVICE_SYNC_ASSET_DATABASE_URI", "postgres://iot-db:5432/iot\x1b"),
+        ("DEVICE_SYNC_DEPLOY_BUCKET", "my..bucket"),
+        ("DEVICE_SYNC_DEPLOY_BUCKET", "192.168.1.10"),
+        ("DEVICE_SYNC_DEPLOY_BUCKET", "xn--bucket"),
+        ("DEVICE_SYNC_DEPLOY_BUCKET", "bucket-s3alias"),
+        ("DEVICE_SYNC_DEPLOY_BUCKET", "My_Bucket"),
+        ("DEVICE_SYNC_DEPLOY_BUCKET", "ab"),
+        ("DEVICE_SYNC_DEPLOY_BUCKET", "bucket.-name"),
+        ("DEVICE_SYNC_MWAA_ENVIRONMENT", "env\n"),
+    ],
+)
+def test_text_settings_are_bounded_and_refused_at_import_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=variable) as error:
+        load_settings()
+    assert len(str(error.value)) < 1_000  # the refused value is shown cut short
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DEVICE_SYNC_AWS_CONN_ID", "a" * 250),
+        ("DEVICE_SYNC_POSTGRES_CONN_ID", "iot-db.prod:replica/1"),
+        ("DEVICE_SYNC_DEPLOY_BUCKET", "my-company.mwaa-artifacts"),
+        ("DEVICE_SYNC_CLOUDWATCH_NAMESPACE", "IoT/Device Parameter Sync"),
+    ],
+)
+def test_text_settings_within_their_bounds_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert getattr(load_settings(), variable.removeprefix("DEVICE_SYNC_").lower()) == value
