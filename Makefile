@@ -30,12 +30,14 @@ demo: venv
 
 # A real local Airflow (api-server, scheduler, dag-processor, triggerer) on http://127.0.0.1:8080.
 # EXECUTOR=celery adds WORKERS Celery workers (default 2) with the machine's Redis as the broker
-# (BROKER_URL, default redis://127.0.0.1:6379/1: a Redis database of its own, emptied at start).
+# (BROKER_URL, default redis://127.0.0.1:6379/1: an empty Redis database or one an earlier stack used, emptied
+# at start; one holding other keys is refused unless BROKER_USE_NONEMPTY=1, which uses it and deletes nothing).
 EXECUTOR ?= local
 WORKERS ?= 2
 airflow: venv
 	$(if $(FORCE_DROP),DEVICE_SYNC_FORCE_DROP=$(FORCE_DROP)) $(VENV)/bin/python scripts/airflow_stack.py start \
-		--executor "$(EXECUTOR)" --workers "$(WORKERS)" $(if $(BROKER_URL),--broker-url "$(BROKER_URL)")
+		--executor "$(EXECUTOR)" --workers "$(WORKERS)" $(if $(BROKER_URL),--broker-url "$(BROKER_URL)") \
+		$(if $(filter 1,$(BROKER_USE_NONEMPTY)),--use-nonempty-broker)
 
 airflow-stop: venv
 	$(VENV)/bin/python scripts/airflow_stack.py stop

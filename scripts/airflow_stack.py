@@ -9,15 +9,17 @@ plus a moto server standing in for CloudWatch and, with the CeleryExecutor, N Ce
 LocalExecutor by default; ``--executor celery`` adds ``--workers`` ``airflow celery worker`` processes, each
 with a Celery hostname, a task-instance hostname (``[core] hostname_callable``, :mod:`stack_hostname`), a log
 server port, a concurrency and a log file of its own, the machine's Redis as the broker (a database number of
-its own, emptied at start: ``redis://127.0.0.1:6379/1`` unless --broker-url) and the metadata database as the
+its own: ``redis://127.0.0.1:6379/1`` unless --broker-url; an empty one, or one an earlier stack of ours used,
+which is emptied; one holding others' keys is refused unless --use-nonempty-broker) and the metadata database as the
 result backend. A PostgreSQL metadata database of its own (``<name>_airflow`` on the same server as the
 data), the project's dags/ and plugins/, the pool ``device_sync_db`` (DEVICE_SYNC_DB_POOL_SLOTS slots),
 Airflow's simple auth manager with two local logins (admin and viewer, passwords written to
 ``<home>/passwords.json``). ``start`` waits until every component is healthy (every worker answering a Celery
 ping), loads the demo fleet into the data database (unless --no-demo) and prints the UI address and the
 logins. Every process it starts is recorded by pid in ``<home>/pids`` and ``stop`` ends exactly those.
-``start`` re-creates ``device_sync_demo`` and ``device_sync_airflow``: it refuses (and drops neither) while
-another session is connected to either, unless --force-drop or DEVICE_SYNC_FORCE_DROP=1 is given, which
+``start`` re-creates ``device_sync_demo`` and ``device_sync_airflow`` when it created them (their comment is
+:data:`OWNER_MARK`; a database of that name that someone else made is never dropped); it refuses (and drops
+neither) while another session is connected to either, unless --force-drop or DEVICE_SYNC_FORCE_DROP=1 is given, which
 disconnects those sessions.
 The tests import :class:`AirflowStack` to run the same stack.
 """
@@ -81,6 +83,11 @@ ORDER BY pid
 """
 
 
+# The comment every database created here carries: the stacks, the demo and the tests drop a database only when
+# it has it, so a database of the same name that someone else made is never dropped.
+OWNER_MARK = "device-sync: created by make demo / make airflow / its tests; they may drop and re-create it"
+
+
 class DatabaseInUseError(RuntimeError):
     """A database we were asked to drop has other sessions connected, and dropping was not forced."""
 
@@ -102,6 +109,57 @@ class DatabaseInUseError(RuntimeError):
             f"every session, with --force-drop or {FORCE_DROP_ENV}=1 (make demo FORCE_DROP=1, make airflow "
             f"FORCE_DROP=1)."
         )
+
+
+class NotOurDatabaseError(DatabaseInUseError):
+    """A database we were asked to re-create exists and was not created by device-sync: never dropped."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sessions = []
+        RuntimeError.__init__(
+            self,
+            f'Refusing to drop database "{name}": it exists and was not created by device-sync (its comment is not '
+            f"{OWNER_MARK!r}), so it may hold someone else's data. Pick another database name, or drop it yourself "
+            f'if it is yours (DROP DATABASE "{name}").',
+        )
+
+
+def check_ours(admin: psycopg.Connection[Any], name: str) -> None:
+    """Raise NotOurDatabaseError when database ``name`` exists without :data:`OWNER_MARK`."""
+    row = admin.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,)
+    ).fetchone()
+    if row is not None and row[0] != OWNER_MARK:
+        raise NotOurDatabaseError(name)
+
+
+# The key a stack leaves in its Redis database: a database holding it is one a stack of ours used before.
+BROKER_MARK_KEY = "device-sync:local-stack"
+
+
+class BrokerNotEmptyError(RuntimeError):
+    """The Redis database asked for as the broker holds keys that no stack of ours left there."""
+
+
+def claim_broker(url: str, *, use_nonempty: bool = False) -> None:
+    """Make the Redis database ``url`` this stack's broker. One an earlier stack of ours used is emptied (no
+    message of that stack may reach these workers); an empty one is taken; one holding others' keys is refused
+    with BrokerNotEmptyError, or with ``use_nonempty`` used as it is, nothing deleted."""
+    import redis
+
+    with redis.Redis.from_url(url, socket_timeout=10) as broker:
+        keys = int(broker.dbsize())
+        if broker.exists(BROKER_MARK_KEY):
+            broker.flushdb()
+        elif keys and not use_nonempty:
+            raise BrokerNotEmptyError(
+                f"Refusing to use the Redis database {url} as the Celery broker: it holds {keys} keys that no "
+                f"device-sync stack left there (someone else's data). Point at an empty database "
+                f"(make airflow BROKER_URL=redis://127.0.0.1:6379/<n>, --broker-url), or use this one as it is, "
+                f"deleting nothing, with --use-nonempty-broker (make airflow BROKER_USE_NONEMPTY=1)."
+            )
+        broker.set(BROKER_MARK_KEY, "a device-sync local Airflow stack uses this database as its Celery broker")
 
 
 def force_drop_requested(environ: Mapping[str, str] | None = None) -> bool:
@@ -132,12 +190,14 @@ def check_droppable(admin: psycopg.Connection[Any], name: str, settle: float = 1
 
 
 def drop_database(admin_url: str, name: str, *, force: bool = False) -> None:
-    """DROP DATABASE IF EXISTS ``name``. Unless ``force``, refuse with DatabaseInUseError while any other session
+    """DROP DATABASE IF EXISTS ``name``, only when device-sync created it (:func:`check_ours`: NotOurDatabaseError
+    otherwise, even with ``force``). Unless ``force``, refuse with DatabaseInUseError while any other session
     is connected to it: checked first, then the DROP runs without FORCE, so that a session connecting in
     between makes the server refuse too (and it is reported the same way). With ``force`` the other sessions
     are terminated (DROP DATABASE ... WITH (FORCE))."""
     statement = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
     with psycopg.connect(admin_url, autocommit=True) as admin:
+        check_ours(admin, name)
         if force:
             admin.execute(statement + sql.SQL(" WITH (FORCE)"))
             return
@@ -155,6 +215,7 @@ def recreate_database(admin_url: str, name: str, *, force: bool = False) -> str:
     drop_database(admin_url, name, force=force)
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(OWNER_MARK)))
     return psycopg.conninfo.make_conninfo(admin_url, dbname=name)
 
 
@@ -177,6 +238,7 @@ class AirflowStack:
     workers: int = 0  # Celery workers (executor "celery")
     broker_url: str = DEFAULT_BROKER_URL  # Celery broker: a Redis database of the stack's own
     worker_concurrency: int = 4
+    use_nonempty_broker: bool = False  # use a Redis database that holds keys of others (never emptied then)
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -303,11 +365,8 @@ class AirflowStack:
         from device_sync import pool
 
         self.airflow(*pool.create_command(self.pool_slots())[1:])
-        if self.executor == "celery":  # no message of an earlier stack may reach these workers
-            import redis
-
-            with redis.Redis.from_url(self.broker_url, socket_timeout=10) as broker:
-                broker.flushdb()
+        if self.executor == "celery":
+            claim_broker(self.broker_url, use_nonempty=self.use_nonempty_broker)
 
     def pool_slots(self) -> int:
         from device_sync.config import Settings
@@ -472,7 +531,13 @@ def main() -> None:
     parser.add_argument(
         "--broker-url",
         default=DEFAULT_BROKER_URL,
-        help="Celery broker: a Redis database of this stack's own, emptied at start (with --executor celery)",
+        help="Celery broker: an empty Redis database, or one a stack of ours used before (emptied at start); "
+        "one holding other keys is refused (with --executor celery)",
+    )
+    parser.add_argument(
+        "--use-nonempty-broker",
+        action="store_true",
+        help="use the broker's Redis database even though it holds other keys, deleting nothing",
     )
     parser.add_argument(
         "--force-drop",
@@ -506,6 +571,7 @@ def main() -> None:
         executor=args.executor,
         workers=args.workers,
         broker_url=args.broker_url,
+        use_nonempty_broker=args.use_nonempty_broker,
     )
     if args.action == "stop":
         stack.stop()
@@ -518,6 +584,7 @@ def main() -> None:
         if not force_drop:  # check both databases before dropping either
             with psycopg.connect(admin_url, autocommit=True) as admin:
                 for name in (stack.metadata_db,) if args.no_demo else (demo_db, stack.metadata_db):
+                    check_ours(admin, name)
                     check_droppable(admin, name)
         if not args.no_demo:
             from device_sync.demo import load_demo_fleet
@@ -528,7 +595,7 @@ def main() -> None:
             print(f"Demo fleet loaded into database {demo_db}.")
         started = time.monotonic()
         stack.prepare()
-    except DatabaseInUseError as error:
+    except (DatabaseInUseError, BrokerNotEmptyError) as error:
         raise SystemExit(str(error)) from None
     stack.start()
     passwords = stack.passwords

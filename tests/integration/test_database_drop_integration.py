@@ -1,5 +1,6 @@
-"""`make demo` and `make airflow` re-create databases of fixed names: they refuse while another session is
-connected to one (saying which database, how many sessions and how to proceed) unless told to force it
+"""`make demo` and `make airflow` re-create databases of fixed names: only databases they created (marked with
+OWNER_MARK), never one someone else made under that name; and they refuse while another session is connected
+to one (saying which database, how many sessions and how to proceed) unless told to force it
 (--force-drop / DEVICE_SYNC_FORCE_DROP=1). Real PostgreSQL: every database here has a unique name.
 """
 
@@ -18,8 +19,10 @@ import psycopg
 import pytest
 from airflow_stack import (  # scripts/ is on sys.path: conftest puts it there
     FORCE_DROP_ENV,
+    OWNER_MARK,
     AirflowStack,
     DatabaseInUseError,
+    NotOurDatabaseError,
     drop_database,
     force_drop_requested,
     recreate_database,
@@ -45,10 +48,12 @@ def has_marker(name: str) -> bool:
 
 @pytest.fixture
 def scratch_db() -> Iterator[str]:
-    """A uniquely named database holding a table ``marker`` (to tell whether it was re-created)."""
+    """A uniquely named database as an earlier `make demo` left it (with OWNER_MARK), holding a table ``marker``
+    (to tell whether it was re-created)."""
     name = f"device_sync_test_drop_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(OWNER_MARK)))
     with psycopg.connect(url_of(name), autocommit=True) as conn:
         conn.execute("CREATE TABLE marker (id int); INSERT INTO marker VALUES (1)")
     yield name
@@ -95,6 +100,24 @@ def test_recreate_without_other_sessions_needs_no_force(scratch_db: str) -> None
     recreate_database(ADMIN_URL, scratch_db)
     assert exists(scratch_db)
     assert not has_marker(scratch_db)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_database_device_sync_did_not_create_is_never_dropped(scratch_db: str, force: bool) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:  # someone else's database of the same name
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(scratch_db)))
+    with pytest.raises(NotOurDatabaseError, match=f'Refusing to drop database "{scratch_db}": it exists and was not'):
+        recreate_database(ADMIN_URL, scratch_db, force=force)
+    assert has_marker(scratch_db)
+
+
+def test_the_demo_refuses_a_database_it_did_not_create(scratch_db: str) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS 'payroll'").format(sql.Identifier(scratch_db)))
+    result = demo_cli("--database", scratch_db, **{FORCE_DROP_ENV: "1"})
+    assert result.returncode != 0
+    assert "was not created by device-sync" in result.stderr
+    assert has_marker(scratch_db)
 
 
 def test_recreate_of_a_fresh_unique_name_as_the_tests_call_it() -> None:
@@ -181,3 +204,46 @@ def test_demo_cli_rejects_an_unclear_force_drop_value(scratch_db: str, held: psy
 )
 def test_force_drop_environment_variable(value: str | None, expected: bool) -> None:
     assert force_drop_requested({} if value is None else {FORCE_DROP_ENV: value}) is expected
+
+
+# --- the Celery broker: a Redis database of someone else's is never emptied -----------------------------------
+
+
+@pytest.fixture
+def redis_db() -> Iterator[str]:
+    """One of the test Redis databases (conftest), emptied at the end."""
+    import redis
+
+    from conftest import TEST_REDIS_DATABASES, TEST_REDIS_URL
+
+    url = f"{TEST_REDIS_URL}/{TEST_REDIS_DATABASES[uuid.uuid4().int % len(TEST_REDIS_DATABASES)]}"
+    yield url
+    with redis.Redis.from_url(url, socket_timeout=10) as broker:
+        broker.flushdb()
+
+
+def test_a_redis_database_holding_others_keys_is_refused_and_kept(redis_db: str) -> None:
+    import redis
+    from airflow_stack import BrokerNotEmptyError, claim_broker
+
+    with redis.Redis.from_url(redis_db, socket_timeout=10) as broker:
+        broker.flushdb()
+        broker.set("someone:else", "precious")
+        with pytest.raises(BrokerNotEmptyError, match="holds 1 keys that no device-sync stack left there"):
+            claim_broker(redis_db)
+        assert broker.get("someone:else") == b"precious"
+
+        claim_broker(redis_db, use_nonempty=True)  # told to use it: used as it is, nothing deleted
+        assert broker.get("someone:else") == b"precious"
+
+
+def test_a_redis_database_an_earlier_stack_used_is_emptied_and_an_empty_one_taken(redis_db: str) -> None:
+    import redis
+    from airflow_stack import BROKER_MARK_KEY, claim_broker
+
+    with redis.Redis.from_url(redis_db, socket_timeout=10) as broker:
+        broker.flushdb()
+        claim_broker(redis_db)  # empty: taken
+        broker.set("celery", "a message of the earlier stack")
+        claim_broker(redis_db)  # ours: emptied of the earlier stack's messages
+        assert broker.keys("*") == [BROKER_MARK_KEY.encode()]
