@@ -1,9 +1,9 @@
 """The operators' HTTP endpoints, served by ``airflow api-server`` under ``/device-sync`` (see the plugin).
 
-- ``GET /health``: public, for load balancers: 200 when the tasks' Airflow pool exists, the database
-  answers, the last finished run did not fail and the last applied sync is recent enough (see
-  :func:`health_answer`), else 503 with a short reason
-  class. No error text, no secrets (the details are behind ``/runs``); one small query with short timeouts,
+- ``GET /health``: public, for load balancers: 200 when the tasks' Airflow pool exists, no run of the DAG
+  is dated in the future (:mod:`device_sync.future_runs`), the database answers, the last finished run did
+  not fail and the last applied sync is recent enough (see :func:`health_answer`), else 503 with a short
+  reason class. No error text, no secrets (the details are behind ``/runs``); one small query with short timeouts,
   and the answer is cached in-process for :data:`HEALTH_CACHE_SECONDS`.
 - ``GET /runs``, ``GET /changes``: the run history and the change log, paginated JSON.
 - ``GET /changes/pending?run_id=…``: the changes a run waiting for approval of a mass delete would apply.
@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from device_sync import compat, db, history, pool
+from device_sync import compat, db, future_runs, history, pool
 from device_sync.config import Settings, load_settings
 from device_sync.guards import GUARDS, OLDER_WINDOW
 from device_sync.summary import STEP_TASK_IDS
@@ -147,6 +147,13 @@ def _compute_health() -> tuple[int, dict[str, Any]]:
         return 503, {"status": "unhealthy", "reason": "invalid configuration"}
     if not _pool_exists():
         return 503, {"status": "unhealthy", "reason": pool.missing_message(settings.db_pool_slots)}
+    if runs := _future_runs(settings):
+        first = runs[0]
+        reason = (
+            f"run {first['run_id']} ({first['state']}) has the future logical date {first['logical_date']}: "
+            f"it can never sync. {future_runs.what_to_do(first['run_id'])}"
+        )
+        return 503, {"status": "unhealthy", "reason": reason, "future_runs": runs}
     try:
         with _connect(settings, HEALTH_TIMEOUT_SECONDS) as conn, db.transaction(conn, HEALTH_TIMEOUT_SECONDS) as cur:
             cur.execute(db.compose(f"{db.API_SQL}health.sql", history.tables(settings.staging_schema)))
@@ -169,6 +176,15 @@ def _pool_exists() -> bool:
     except Exception as error:
         log.warning("device-sync health check: could not look up pool %s: %s", pool.NAME, error)
         return True
+
+
+def _future_runs(settings: Settings) -> list[dict[str, Any]]:
+    """The DAG's runs dated in the future; none when the metadata database cannot tell (not our outage)."""
+    try:
+        return future_runs.listed(settings)
+    except Exception as error:
+        log.warning("device-sync health check: could not look for future-dated runs: %s", error)
+        return []
 
 
 _health_lock = threading.Lock()

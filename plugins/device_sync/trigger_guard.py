@@ -1,14 +1,14 @@
 """Refuses, at the REST API, a trigger of ``device_parameter_sync`` that could never run: one whose window
 would end in the future, or any while the Airflow pool of its database tasks does not exist.
 
-A run for a future logical date never starts its tasks (Airflow's scheduler waits until the logical date),
-so the tasks' own check (:func:`device_sync.sync.refuse_future_window`) cannot refuse it: the run would sit
-"running" for years with its teardown pending and, with ``max_active_runs=1``, every later run queued behind
-it. This ASGI middleware, installed on ``airflow api-server`` by the plugin, answers such a
+A run for a future logical date never starts its tasks (Airflow's scheduler waits until the logical date)
+but holds one of the DAG's run slots (see :mod:`device_sync.future_runs`, which fails such runs however they
+were made). This ASGI middleware, installed on ``airflow api-server`` by the plugin, answers such a
 ``POST /api/v2/dags/device_parameter_sync/dagRuns`` (the Trigger DAG form of the UI uses the same call) with
-422 and a message naming the window end and now. A missing pool (:mod:`device_sync.pool`) would likewise
-leave the run's tasks queued without a word: the trigger is refused with the command that creates the pool.
-Every other request passes through untouched.
+422 and a message naming the window end and now, so the run is never created. A body larger than
+:data:`MAX_BODY_BYTES` is not read to its end: it is refused with 413, never passed on unjudged. A missing
+pool (:mod:`device_sync.pool`) would likewise leave the run's tasks queued without a word: the trigger is
+refused with the command that creates the pool. Every other request passes through untouched.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import anyio.to_thread
 
 DAG_ID = "device_parameter_sync"
-MAX_BODY_BYTES = 1_048_576  # larger bodies are left to Airflow's own validation
+MAX_BODY_BYTES = 1_048_576  # a trigger's conf is small; a larger body is refused (413), never read to its end
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -40,8 +40,9 @@ def _instant(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def future_window_refusal(body: bytes, now: datetime, max_clock_skew: timedelta) -> str | None:
-    """Why the trigger request ``body`` must be refused (its window would end after ``now`` + skew), or None.
+def future_window_refusal(body: bytes, now: datetime, horizon: timedelta) -> str | None:
+    """Why the trigger request ``body`` must be refused (its window would end after ``now`` + ``horizon``), or
+    None. Unreadable JSON is left to Airflow, which refuses it (422) without creating a run.
 
     The window ends at ``data_interval_end`` when the request gives one, else at its ``logical_date`` (the
     DAG's timetable ends a manual run's data interval there); without either it ends at ``run_after``, when
@@ -54,11 +55,12 @@ def future_window_refusal(body: bytes, now: datetime, max_clock_skew: timedelta)
     if not isinstance(request, dict):
         return None
     window_end = _instant(request.get("data_interval_end")) or _instant(request.get("logical_date"))
-    if window_end is None or window_end <= now + max_clock_skew:
+    if window_end is None or window_end <= now + horizon:
         return None
     return (
-        f"{DAG_ID}: the run's window would end at {window_end.isoformat()}, after now ({now.isoformat()}, "
-        f"DEVICE_SYNC_MAX_CLOCK_SKEW_SECONDS={int(max_clock_skew.total_seconds())}). A window that has not "
+        f"{DAG_ID}: the run's window would end at {window_end.isoformat()}, more than "
+        f"{int(horizon.total_seconds())} s after now ({now.isoformat()}; DEVICE_SYNC_MAX_CLOCK_SKEW_SECONDS, at "
+        f"most 300). A window that has not "
         f"happened yet is never synced: its run would never start and would block every later run. Trigger "
         f"with a past or current logical_date, or with none (the window then ends when the run starts)."
     )
@@ -75,15 +77,23 @@ class RefuseFutureTriggers:
         if scope["type"] != "http" or scope.get("method") != "POST" or not path.endswith(f"/dags/{DAG_ID}/dagRuns"):
             await self.app(scope, receive, send)
             return
+        if _declared_length(scope) > MAX_BODY_BYTES:
+            await _send_json(send, 413, {"detail": too_large_refusal()})
+            return
         messages: list[Message] = []
         body = b""
-        while len(body) <= MAX_BODY_BYTES:
+        while True:
             message = await receive()
+            if message["type"] != "http.request":  # the client went away: nothing to answer, nothing to create
+                return
             messages.append(message)
             body += message.get("body", b"")
-            if message["type"] != "http.request" or not message.get("more_body", False):
+            if len(body) > MAX_BODY_BYTES:
+                await _send_json(send, 413, {"detail": too_large_refusal()})
+                return
+            if not message.get("more_body", False):
                 break
-        refusal = future_window_refusal(body, datetime.now(UTC), _max_clock_skew())
+        refusal = future_window_refusal(body, datetime.now(UTC), _horizon())
         if refusal is None:  # the metadata database is queried off the event loop
             refusal = await anyio.to_thread.run_sync(missing_pool_refusal)
         if refusal is not None:
@@ -113,10 +123,28 @@ def missing_pool_refusal() -> str | None:
     return pool.missing_message(load_settings().db_pool_slots)
 
 
-def _max_clock_skew() -> timedelta:
-    from device_sync.config import load_settings
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0  # the body is counted as it arrives
+    return 0
 
-    return timedelta(seconds=load_settings().max_clock_skew_seconds)
+
+def too_large_refusal() -> str:
+    return (
+        f"{DAG_ID}: the trigger request is larger than {MAX_BODY_BYTES} bytes, more than device-sync reads to "
+        f"check its logical date; a run's conf is a few small options. Send a smaller body."
+    )
+
+
+def _horizon() -> timedelta:
+    from device_sync.config import load_settings
+    from device_sync.future_runs import horizon
+
+    return horizon(load_settings())
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:

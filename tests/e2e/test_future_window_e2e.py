@@ -1,5 +1,6 @@
 """A REST trigger with a future ``logical_date`` (whose tasks Airflow would never start) is refused with 422 by
-the plugin's middleware on a real ``airflow api-server``, while a valid trigger passes through unchanged.
+the plugin's middleware on a real ``airflow api-server``, one with a body over 1 MiB with 413, while a valid
+trigger passes through unchanged. (Future runs made otherwise: tests/e2e/test_stack_e2e.py.)
 
 The rule itself is tested in tests/unit/test_trigger_guard_unit.py; ``dag.test()`` and the sync's own steps
 for a future window in tests/integration/test_future_window_integration.py.
@@ -49,7 +50,7 @@ def test_rest_trigger_for_a_future_logical_date_is_refused_and_a_valid_one_passe
 
     status, body = stack.request("POST", path, {"logical_date": "2030-01-01T00:00:00Z", "conf": {}}, token=token)
     assert status == 422, body
-    assert "2030-01-01T00:00:00+00:00" in body["detail"] and "after now" in body["detail"]
+    assert "2030-01-01T00:00:00+00:00" in body["detail"] and "s after now" in body["detail"]
     assert dag_runs(stack, token) == []
 
     # The middleware replays the body it read: Airflow sees the same logical date and conf.
@@ -59,6 +60,13 @@ def test_rest_trigger_for_a_future_logical_date_is_refused_and_a_valid_one_passe
     assert status == 200, run
     assert run["conf"] == conf
     assert datetime.fromisoformat(run["logical_date"]) == logical_date
+    assert [r["dag_run_id"] for r in dag_runs(stack, token)] == [run["dag_run_id"]]
+
+    # A body too large to read whole is refused (413), not waved through: no run is created.
+    padded = {"logical_date": "2031-01-01T00:00:00Z", "conf": {"padding": "x" * 3_000_000}}
+    status, body = stack.request("POST", path, padded, token=token)
+    assert status == 413, body
+    assert "larger than 1048576 bytes" in body["detail"]
     assert [r["dag_run_id"] for r in dag_runs(stack, token)] == [run["dag_run_id"]]
 
     # Other methods pass untouched.

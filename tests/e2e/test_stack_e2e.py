@@ -22,6 +22,7 @@ from stack_helpers import (
     process_on_port,
     runs,
     set_paused,
+    sns_queue,
     wait_idle,
     wait_until,
 )
@@ -32,9 +33,15 @@ from device_sync.demo import load_demo_fleet
 
 
 @pytest.fixture(scope="module")
-def stack(moto_server: str) -> Iterator[Any]:
+def alert_queue(moto_server: str) -> tuple[str, Any]:
+    return sns_queue(moto_server, "device-sync-e2e-stack-alerts")
+
+
+@pytest.fixture(scope="module")
+def stack(moto_server: str, alert_queue: tuple[str, Any]) -> Iterator[Any]:
     with running_airflow_stack(
         ("api-server", "scheduler", "dag-processor", "triggerer"),
+        DEVICE_SYNC_ALERT_SNS_TOPIC_ARN=alert_queue[0],
         DEVICE_SYNC_SCHEDULE="* * * * *",
         DEVICE_SYNC_LOOKBACK_MINUTES="1440",
         DEVICE_SYNC_RETRY_DELAY_SECONDS="3",
@@ -182,6 +189,74 @@ def test_a_worker_killed_mid_apply_leaves_the_table_whole_and_the_retry_complete
         "SELECT count(*) FROM iot_data.device_parameters WHERE device_name LIKE 'old name of %%'"
     ).fetchone()
     assert renamed == (0,)  # the retry applied the whole delta, renames included
+
+
+def test_a_future_dated_cli_run_never_holds_the_dag_health_names_it_and_rest_deletes_it(
+    stack: Any, token: str, data: psycopg.Connection[Any], alert_queue: tuple[str, Any]
+) -> None:
+    """`airflow dags trigger --logical-date <2031>` passes no REST guard: the scheduler's listener fails the run
+    as it starts, a manual run made right after it succeeds, /health names it until it is deleted over REST."""
+    wait_idle(stack, token)
+    alert_queue[1]()  # forget earlier alerts
+    load_demo_fleet(data, datetime.now(UTC).replace(second=0, microsecond=0), devices=60, parameters=20)
+    future_id = "manual__future_from_the_cli"
+    set_paused(stack, token, False)
+    try:
+        stack.airflow("dags", "trigger", DAG_ID, "--logical-date", "2031-01-01T00:00:00+00:00", "--run-id", future_id)
+        status, manual = stack.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None}, token=token)
+        assert status == 200, manual
+        finished = stack.wait_for_run(DAG_ID, manual["dag_run_id"], token, timeout=300)
+        status, future = stack.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{future_id}", token=token)
+    finally:
+        set_paused(stack, token, True)
+    wait_idle(stack, token)
+    assert finished["state"] == "success"
+    assert status == 200 and future["state"] == "failed", future
+    held = datetime.fromisoformat(future["end_date"]) - datetime.fromisoformat(future["start_date"])
+    assert held < timedelta(seconds=30)  # failed as the scheduler started it
+    assert wait_until(alert_queue[1], 60, "no SNS alert about the future run") == [
+        "device-sync dev: run with a future logical date failed"
+    ]
+
+    time.sleep(api.HEALTH_CACHE_SECONDS + 0.5)
+    status, body = stack.request("GET", "/device-sync/health")
+    assert status == 503, body
+    assert future_id in body["reason"] and f"DELETE /api/v2/dags/{DAG_ID}/dagRuns/{future_id}" in body["reason"]
+    assert [run["run_id"] for run in body["future_runs"]] == [future_id]
+
+    status, _ = stack.request("DELETE", f"/api/v2/dags/{DAG_ID}/dagRuns/{future_id}", token=token)
+    assert status == 204
+    time.sleep(api.HEALTH_CACHE_SECONDS + 0.5)
+    status, body = stack.request("GET", "/device-sync/health")
+    assert "future_runs" not in body and status == 200, body
+
+
+def test_a_future_dated_run_left_running_by_a_scheduler_without_the_plugin_is_cleared_over_rest(
+    stack: Any, token: str
+) -> None:
+    """The runbook's way out for a run that is already running (started before the plugin was installed): skip
+    its pending teardown, mark it failed, delete it; all through the REST API."""
+    wait_idle(stack, token)
+    run_id = "manual__future_left_running"
+    stack.airflow("dags", "trigger", DAG_ID, "--logical-date", "2031-02-01T00:00:00+00:00", "--run-id", run_id)
+    # What a scheduler without the plugin leaves: the run started (it holds a slot), no task ever scheduled.
+    # The DAG stays paused, so this scheduler never starts (and never fails) it itself.
+    metadata_url = psycopg.conninfo.make_conninfo(stack.admin_url, dbname=stack.metadata_db)
+    with psycopg.connect(metadata_url, autocommit=True) as meta:
+        meta.execute(
+            "UPDATE dag_run SET state = 'running', start_date = now() WHERE dag_id = %s AND run_id = %s",
+            (DAG_ID, run_id),
+        )
+    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}"
+    assert stack.request("DELETE", path, token=token)[0] == 409  # Airflow deletes no running run
+    status, body = stack.request(
+        "PATCH", f"{path}/taskInstances/cleanup_staging", {"new_state": "skipped"}, token=token
+    )
+    assert status == 200, body
+    status, body = stack.request("PATCH", path, {"state": "failed"}, token=token)
+    assert status == 200 and body["state"] == "failed", body
+    assert stack.request("DELETE", path, token=token)[0] == 204
+    assert stack.request("GET", path, token=token)[0] == 404
 
 
 def test_stop_ends_every_process_the_stack_started(stack: Any) -> None:

@@ -21,13 +21,22 @@ import psycopg
 import pytest
 
 from conftest import run_dag_test
-from device_sync import sync
+from device_sync import api, sync
 from device_sync.config import load_settings
 from device_sync.staging import StagingTables
 from device_sync.window import FutureWindow, Window
 from source_data import add_devices, add_measurements, add_parameters, query, target
 
 DAG_ID = "device_parameter_sync"
+
+
+def delete_run(run_id: str) -> None:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
+
+    with create_session() as session:
+        session.execute(delete(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.run_id == run_id))
 
 
 def staging_tables(conn: psycopg.Connection[Any]) -> list[str]:
@@ -90,7 +99,7 @@ def test_apply_changes_re_checks_the_window_before_writing(conn: psycopg.Connect
 
 
 def test_dag_test_for_a_future_date_fails_at_once_and_the_next_real_run_still_applies(
-    airflow_db: None, moto_server: str, conn: psycopg.Connection[Any]
+    airflow_db: None, moto_server: str, conn: psycopg.Connection[Any], client: Any
 ) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     seed(conn, now)
@@ -109,6 +118,16 @@ def test_dag_test_for_a_future_date_fails_at_once_and_the_next_real_run_still_ap
     assert (status, applied) == ("failed", False)
     assert error.startswith("discover_active_devices: ")
     assert future.isoformat() in error and "after the database's now()" in error
+
+    # The failed run stays dated in the future: /health names it and the REST call that clears it.
+    api.reset_health_cache()
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert f"run {dag_run.run_id} (failed) has the future logical date" in response.json()["reason"]
+    assert f"DELETE /api/v2/dags/{DAG_ID}/dagRuns/{dag_run.run_id}" in response.json()["reason"]
+    delete_run(dag_run.run_id)  # as that call does
+    api.reset_health_cache()
+    assert "future_runs" not in client.get("/health").json()
 
     dag_run = run_dag_test(now)
     assert dag_run.state == "success"
